@@ -1,0 +1,193 @@
+// ddpm-train: trains a denoising diffusion model on a folder of images.
+//
+//   ddpm-train --folder data/images --image-size 32 --dim 32 \
+//       --dim-mults 1 2 4 --channels 1 --train-num-steps 2000
+
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <string>
+
+#include <CLI/CLI.hpp>
+#include <torch/torch.h>
+
+#include "ddpm/io/checkpoint.h"
+#include "ddpm/trainer.h"
+#include "model_flags.h"
+
+namespace {
+
+struct TrainFlags {
+  std::string folder;
+  int64_t train_batch_size = 16;
+  int64_t gradient_accumulate_every = 1;
+  bool augment_horizontal_flip = true;
+  double train_lr = 1e-4;
+  int64_t train_num_steps = 100000;
+  int64_t ema_update_every = 10;
+  double ema_decay = 0.995;
+  std::vector<double> adam_betas{0.9, 0.99};
+  int64_t save_and_sample_every = 1000;
+  int64_t num_samples = 25;
+  std::string results_folder = "./results";
+  bool amp = false;
+  std::string mixed_precision_type = "fp16";
+  double max_grad_norm = 1.0;
+  std::string device = "cpu";
+  int64_t num_workers = 2;
+  int64_t threads = 0;
+  uint64_t seed = 0;
+  std::string resume;
+  bool verbose = false;
+};
+
+void add_train_flags(CLI::App& app, TrainFlags& f) {
+  const std::string group = "Training";
+  app.add_option("--folder", f.folder,
+                 "Folder of training images, searched recursively")
+      ->required()->group(group);
+  app.add_option("--train-batch-size", f.train_batch_size,
+                 "Images per micro-batch")
+      ->capture_default_str()->group(group)->check(CLI::PositiveNumber);
+  app.add_option("--gradient-accumulate-every", f.gradient_accumulate_every,
+                 "Micro-batches per optimizer step")
+      ->capture_default_str()->group(group)->check(CLI::PositiveNumber);
+  app.add_flag("--augment-horizontal-flip,!--no-augment-horizontal-flip",
+               f.augment_horizontal_flip,
+               "Flip training images horizontally at random (default: on)")
+      ->group(group);
+  app.add_option("--train-lr", f.train_lr, "Adam learning rate")
+      ->capture_default_str()->group(group)->check(CLI::PositiveNumber);
+  app.add_option("--train-num-steps", f.train_num_steps,
+                 "Optimizer steps to train for, counted from step 0")
+      ->capture_default_str()->group(group)->check(CLI::NonNegativeNumber);
+  app.add_option("--ema-update-every", f.ema_update_every,
+                 "Steps between EMA updates")
+      ->capture_default_str()->group(group)->check(CLI::PositiveNumber);
+  app.add_option("--ema-decay", f.ema_decay, "Largest EMA decay")
+      ->capture_default_str()->group(group)->check(CLI::Range(0.0, 1.0));
+  app.add_option("--adam-betas", f.adam_betas, "Adam beta1 and beta2")
+      ->capture_default_str()->group(group)->expected(2)
+      ->check(CLI::Range(0.0, 0.999999));
+  app.add_option("--save-and-sample-every", f.save_and_sample_every,
+                 "Steps between sample grids and checkpoints")
+      ->capture_default_str()->group(group)->check(CLI::PositiveNumber);
+  app.add_option("--num-samples", f.num_samples,
+                 "EMA samples per grid; a perfect square")
+      ->capture_default_str()->group(group)->check(CLI::PositiveNumber);
+  app.add_option("--results-folder", f.results_folder,
+                 "Folder for model-N.pt, sample-N.png and config.toml")
+      ->capture_default_str()->group(group);
+  app.add_flag("--amp,!--no-amp", f.amp,
+               "Mixed precision: bf16 autocast on the CPU, "
+               "--mixed-precision-type on CUDA (default: off)")
+      ->group(group);
+  app.add_option("--mixed-precision-type", f.mixed_precision_type,
+                 "CUDA autocast type: fp16 (with loss scaling) or bf16")
+      ->capture_default_str()->group(group)
+      ->check(CLI::IsMember({"fp16", "bf16"}));
+  app.add_option("--max-grad-norm", f.max_grad_norm,
+                 "Clip the gradient norm to this (0: no clipping)")
+      ->capture_default_str()->group(group)->check(CLI::NonNegativeNumber);
+  app.add_option("--device", f.device, "Device, e.g. cpu or cuda:0")
+      ->capture_default_str()->group(group);
+  app.add_option("--num-workers", f.num_workers,
+                 "Threads that decode and augment images")
+      ->capture_default_str()->group(group)->check(CLI::NonNegativeNumber);
+  app.add_option("--threads", f.threads,
+                 "Threads for tensor operations (0: LibTorch's default)")
+      ->capture_default_str()->group(group)->check(CLI::NonNegativeNumber);
+  app.add_option("--seed", f.seed,
+                 "Seed of the weights, the noise and the data order")
+      ->capture_default_str()->group(group);
+  app.add_option("--resume", f.resume,
+                 "Continue from results-folder/model-MILESTONE.pt")
+      ->group(group);
+  app.add_flag("--verbose", f.verbose, "Show informational messages")
+      ->group(group);
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Train a denoising diffusion model on a folder of images"};
+  app.set_config("--config", "",
+                 "Read options from a TOML file such as a results folder's "
+                 "config.toml");
+  ddpm::cli::ModelFlags model_flags;
+  TrainFlags flags;
+  ddpm::cli::add_model_flags(app, model_flags);
+  add_train_flags(app, flags);
+  CLI11_PARSE(app, argc, argv);
+
+  ddpm::cli::show_library_messages(flags.verbose);
+  try {
+    torch::manual_seed(flags.seed);
+    if (flags.threads > 0) {
+      torch::set_num_threads(int(flags.threads));
+    }
+    auto diffusion = ddpm::cli::make_diffusion(model_flags);
+
+    ddpm::TrainerOptions options(flags.folder);
+    options.train_batch_size(flags.train_batch_size)
+        .gradient_accumulate_every(flags.gradient_accumulate_every)
+        .augment_horizontal_flip(flags.augment_horizontal_flip)
+        .train_lr(flags.train_lr)
+        .train_num_steps(flags.train_num_steps)
+        .ema_update_every(flags.ema_update_every)
+        .ema_decay(flags.ema_decay)
+        .adam_betas({flags.adam_betas.at(0), flags.adam_betas.at(1)})
+        .save_and_sample_every(flags.save_and_sample_every)
+        .num_samples(flags.num_samples)
+        .results_folder(flags.results_folder)
+        .amp(flags.amp)
+        .mixed_precision_type(
+            ddpm::mixed_precision_from_string(flags.mixed_precision_type))
+        .max_grad_norm(flags.max_grad_norm)
+        .device(torch::Device(flags.device))
+        .num_workers(flags.num_workers)
+        .seed(flags.seed);
+    ddpm::Trainer trainer(diffusion, options);
+
+    // The model flags next to the checkpoints let ddpm-sample rebuild the
+    // model with --config.
+    const auto config = app.config_to_str(/*default_also=*/true,
+                                          /*write_description=*/false);
+    ddpm::write_file_atomically(
+        (std::filesystem::path(flags.results_folder) / "config.toml")
+            .string(),
+        std::vector<char>(config.begin(), config.end()));
+
+    if (!flags.resume.empty()) {
+      trainer.load(flags.resume);
+    }
+    trainer.model()->set_sample_callback(
+        ddpm::cli::sampling_progress_line("sampling"));
+    trainer.ema_model()->set_sample_callback(
+        ddpm::cli::sampling_progress_line("sampling"));
+
+    trainer.set_progress_callback([](const ddpm::TrainProgress& p) {
+      std::fprintf(stderr,
+                   "\r\033[Kstep %lld/%lld  loss %.4f  %.2f steps/s  "
+                   "data wait %.0f ms  left %s",
+                   static_cast<long long>(p.step),
+                   static_cast<long long>(p.total_steps), p.loss,
+                   p.steps_per_second, p.data_wait_seconds * 1000.0,
+                   ddpm::cli::format_duration(p.seconds_left).c_str());
+      if (p.checkpoint_path) {
+        std::fprintf(stderr, "\nsaved %s\n", p.checkpoint_path->c_str());
+      }
+      std::fflush(stderr);
+    });
+    trainer.train();
+    std::fprintf(stderr, "\n");
+    std::printf("trained to step %lld, results in %s\n",
+                static_cast<long long>(trainer.step()),
+                flags.results_folder.c_str());
+  } catch (const std::exception& error) {
+    std::fprintf(stderr, "\nddpm-train: %s\n",
+                 ddpm::cli::error_message(error).c_str());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,308 @@
+#include "ddpm/io/image.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstdio>
+#include <filesystem>
+#include <iomanip>
+#include <memory>
+#include <system_error>
+
+#include <torch/torch.h>
+
+#include <stb_image.h>
+#include <stb_image_resize.h>
+#include <stb_image_write.h>
+
+#ifdef _WIN32
+#include <process.h>
+#define DDPM_GETPID _getpid
+#else
+#include <unistd.h>
+#define DDPM_GETPID getpid
+#endif
+
+namespace ddpm {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Thread-safe, unlike std::strerror, because images are written from
+// several threads.
+std::string error_text(int error_number) {
+  return std::generic_category().message(error_number);
+}
+
+void check_channels(int64_t channels) {
+  TORCH_CHECK(channels >= 1 && channels <= 4,
+              "channels must be 1 (gray), 2 (gray and alpha), 3 (RGB) or 4 "
+              "(RGBA), got ",
+              channels);
+}
+
+void check_image(const Image& image) {
+  check_channels(image.channels);
+  TORCH_CHECK(image.height >= 1 && image.width >= 1,
+              "image must be at least 1x1 pixels, got ", image.width, "x",
+              image.height);
+  TORCH_CHECK(static_cast<int64_t>(image.pixels.size()) ==
+                  image.height * image.width * image.channels,
+              "image of ", image.width, "x", image.height, "x",
+              image.channels, " must hold ",
+              image.height * image.width * image.channels, " bytes, got ",
+              image.pixels.size());
+}
+
+// Reads the whole file, so that a missing or unreadable file gets the
+// system's reason in the error message rather than stb's "can't fopen".
+std::vector<uint8_t> read_file(const std::string& path) {
+  std::unique_ptr<FILE, int (*)(FILE*)> file(std::fopen(path.c_str(), "rb"),
+                                             &std::fclose);
+  TORCH_CHECK(file != nullptr, "failed to open ", std::quoted(path), ": ",
+              error_text(errno));
+
+  std::vector<uint8_t> bytes;
+  uint8_t chunk[1 << 16];
+  size_t count = 0;
+  while ((count = std::fread(chunk, 1, sizeof(chunk), file.get())) > 0) {
+    bytes.insert(bytes.end(), chunk, chunk + count);
+  }
+  TORCH_CHECK(!std::ferror(file.get()), "failed to read ", std::quoted(path),
+              ": ", error_text(errno));
+  return bytes;
+}
+
+Image resize(const Image& image, int64_t height, int64_t width) {
+  Image resized{height, width, image.channels,
+                std::vector<uint8_t>(height * width * image.channels)};
+  // Naming the alpha channel makes stb weight colors by alpha, so that
+  // transparent pixels do not bleed their color into their neighbors.
+  const int alpha_channel =
+      image.channels == 2 || image.channels == 4
+          ? static_cast<int>(image.channels - 1)
+          : STBIR_ALPHA_CHANNEL_NONE;
+  const int ok = stbir_resize_uint8_generic(
+      image.pixels.data(), static_cast<int>(image.width),
+      static_cast<int>(image.height), /*input_stride_in_bytes=*/0,
+      resized.pixels.data(), static_cast<int>(width),
+      static_cast<int>(height), /*output_stride_in_bytes=*/0,
+      static_cast<int>(image.channels), alpha_channel, /*flags=*/0,
+      STBIR_EDGE_CLAMP, STBIR_FILTER_DEFAULT, STBIR_COLORSPACE_LINEAR,
+      /*alloc_context=*/nullptr);
+  TORCH_CHECK(ok, "failed to resize a ", image.width, "x", image.height,
+              " image to ", width, "x", height);
+  return resized;
+}
+
+void append_bytes(void* context, void* data, int size) {
+  auto* out = static_cast<std::vector<uint8_t>*>(context);
+  const auto* bytes = static_cast<const uint8_t*>(data);
+  out->insert(out->end(), bytes, bytes + size);
+}
+
+void write_file_atomically(const std::string& path,
+                           const std::vector<uint8_t>& bytes) {
+  const std::string temporary =
+      path + ".tmp-" + std::to_string(DDPM_GETPID());
+  FILE* file = std::fopen(temporary.c_str(), "wb");
+  TORCH_CHECK(file != nullptr, "failed to write ", std::quoted(path),
+              ": cannot create ", std::quoted(temporary), ": ",
+              error_text(errno));
+
+  const size_t written = std::fwrite(bytes.data(), 1, bytes.size(), file);
+  int error_number = written == bytes.size() ? 0 : errno;
+  if (std::fclose(file) != 0 && error_number == 0) {
+    error_number = errno;
+  }
+  std::error_code error;
+  if (error_number == 0) {
+    fs::rename(temporary, path, error);
+  }
+  if (error_number != 0 || error) {
+    std::error_code ignored;
+    fs::remove(temporary, ignored);
+  }
+  TORCH_CHECK(error_number == 0, "failed to write ", std::quoted(path), ": ",
+              error_text(error_number));
+  TORCH_CHECK(!error, "failed to rename ", std::quoted(temporary), " to ",
+              std::quoted(path), ": ", error.message());
+}
+
+void write_png_pixels(const std::string& path, const uint8_t* pixels,
+                      int64_t height, int64_t width, int64_t channels) {
+  check_channels(channels);
+  TORCH_CHECK(height >= 1 && width >= 1,
+              "PNG must be at least 1x1 pixels, got ", width, "x", height,
+              " for ", std::quoted(path));
+  TORCH_CHECK(height <= INT_MAX && width * channels <= INT_MAX,
+              "image of ", width, "x", height, "x", channels,
+              " is too large for the PNG writer, which takes int sizes");
+
+  std::vector<uint8_t> encoded;
+  const int ok = stbi_write_png_to_func(
+      &append_bytes, &encoded, static_cast<int>(width),
+      static_cast<int>(height), static_cast<int>(channels), pixels,
+      static_cast<int>(width * channels));
+  TORCH_CHECK(ok && !encoded.empty(), "failed to encode ", std::quoted(path),
+              " as PNG");
+  write_file_atomically(path, encoded);
+}
+
+} // namespace
+
+Image decode_image(const std::string& path, int64_t channels) {
+  check_channels(channels);
+  const std::vector<uint8_t> bytes = read_file(path);
+  TORCH_CHECK(!bytes.empty(), "failed to decode ", std::quoted(path),
+              ": the file is empty");
+  TORCH_CHECK(bytes.size() <= INT_MAX, "failed to decode ",
+              std::quoted(path), ": the file has ", bytes.size(),
+              " bytes, more than the decoder accepts (", INT_MAX, ")");
+
+  int width = 0;
+  int height = 0;
+  int channels_in_file = 0;
+  // stb converts to the requested channel count (gray = weighted RGB sum,
+  // gray to RGB by copying) and 16-bit or HDR data to 8 bits.
+  std::unique_ptr<stbi_uc, void (*)(void*)> data(
+      stbi_load_from_memory(bytes.data(), static_cast<int>(bytes.size()),
+                            &width, &height, &channels_in_file,
+                            static_cast<int>(channels)),
+      &stbi_image_free);
+  if (data == nullptr) {
+    const char* reason = stbi_failure_reason();
+    TORCH_CHECK(false, "failed to decode ", std::quoted(path), ": ",
+                reason != nullptr ? reason : "unknown reason");
+  }
+
+  Image image{height, width, channels, {}};
+  image.pixels.assign(data.get(), data.get() + int64_t{height} * width *
+                                                   channels);
+  return image;
+}
+
+Image resize_and_center_crop(const Image& image, int64_t height,
+                             int64_t width) {
+  check_image(image);
+  TORCH_CHECK(height >= 1 && width >= 1,
+              "output size must be at least 1x1 pixels, got ", width, "x",
+              height);
+  if (image.height == height && image.width == width) {
+    return image;
+  }
+
+  // The side whose ratio output / input is larger sets the scale, so the
+  // resized image covers the output and the other side is cropped. Integer
+  // arithmetic rounds the other side up exactly.
+  int64_t resized_height = height;
+  int64_t resized_width = width;
+  if (height * image.width >= width * image.height) {
+    resized_width = (image.width * height + image.height - 1) / image.height;
+  } else {
+    resized_height = (image.height * width + image.width - 1) / image.width;
+  }
+  const bool same_size =
+      resized_height == image.height && resized_width == image.width;
+  const Image resized =
+      same_size ? Image{} : resize(image, resized_height, resized_width);
+  const Image& source = same_size ? image : resized;
+
+  const int64_t top = (resized_height - height) / 2;
+  const int64_t left = (resized_width - width) / 2;
+  const int64_t row_bytes = width * image.channels;
+  Image cropped{height, width, image.channels,
+                std::vector<uint8_t>(height * row_bytes)};
+  for (int64_t y = 0; y < height; ++y) {
+    const uint8_t* from = source.pixels.data() +
+                          ((top + y) * resized_width + left) * image.channels;
+    std::copy(from, from + row_bytes, cropped.pixels.data() + y * row_bytes);
+  }
+  return cropped;
+}
+
+torch::Tensor image_to_tensor(const Image& image) {
+  check_image(image);
+  // from_blob does not copy, but to(kFloat) does, so the result owns its
+  // data.
+  torch::Tensor pixels = torch::from_blob(
+      const_cast<uint8_t*>(image.pixels.data()),
+      {image.height, image.width, image.channels}, torch::kUInt8);
+  return pixels.permute({2, 0, 1}).to(torch::kFloat).div_(255.0)
+      .contiguous(); // [C, H, W]
+}
+
+torch::Tensor make_grid(const torch::Tensor& images, int64_t images_per_row,
+                        int64_t padding, double pad_value) {
+  TORCH_CHECK(images.dim() == 4,
+              "images must have 4 dimensions [N, C, H, W], got ",
+              images.sizes());
+  TORCH_CHECK(images.size(0) >= 1, "images must hold at least one image");
+  TORCH_CHECK(images_per_row >= 1, "images_per_row must be at least 1, got ",
+              images_per_row);
+  TORCH_CHECK(padding >= 0, "padding must be at least 0, got ", padding);
+
+  const int64_t count = images.size(0);
+  if (count == 1) {
+    return images[0];
+  }
+  const int64_t columns = std::min(images_per_row, count);
+  const int64_t rows = (count + columns - 1) / columns;
+  const int64_t cell_height = images.size(2) + padding;
+  const int64_t cell_width = images.size(3) + padding;
+  torch::Tensor grid = torch::full(
+      {images.size(1), rows * cell_height + padding,
+       columns * cell_width + padding},
+      pad_value, images.options()); // [C, H', W']
+
+  for (int64_t k = 0; k < count; ++k) {
+    const int64_t row = k / columns;
+    const int64_t column = k % columns;
+    grid.narrow(1, row * cell_height + padding, images.size(2))
+        .narrow(2, column * cell_width + padding, images.size(3))
+        .copy_(images[k]);
+  }
+  return grid;
+}
+
+void write_png(const std::string& path, const torch::Tensor& image) {
+  TORCH_CHECK(image.dim() == 3, "image must have 3 dimensions [C, H, W], got ",
+              image.sizes(), " for ", std::quoted(path));
+  TORCH_CHECK(image.is_floating_point(),
+              "image must be a floating-point tensor with values in [0, 1], "
+              "got ",
+              image.scalar_type(), " for ", std::quoted(path));
+  check_channels(image.size(0));
+
+  // Same rounding as torchvision.utils.save_image, in the input's dtype.
+  const torch::Tensor pixels = image.detach()
+                                   .to(torch::kCPU)
+                                   .mul(255)
+                                   .add_(0.5)
+                                   .clamp_(0, 255)
+                                   .to(torch::kUInt8)
+                                   .permute({1, 2, 0})
+                                   .contiguous(); // [H, W, C]
+  write_png_pixels(path, pixels.data_ptr<uint8_t>(), image.size(1),
+                   image.size(2), image.size(0));
+}
+
+void write_png(const std::string& path, const Image& image) {
+  check_image(image);
+  write_png_pixels(path, image.pixels.data(), image.height, image.width,
+                   image.channels);
+}
+
+void save_image_grid(const torch::Tensor& images, const std::string& path,
+                     int64_t images_per_row) {
+  write_png(path, make_grid(images, images_per_row));
+}
+
+const std::vector<std::string>& image_extensions() {
+  static const std::vector<std::string> extensions = {
+      "png", "jpg", "jpeg", "bmp", "tga", "gif",
+      "psd", "hdr", "pic",  "pnm", "ppm", "pgm"};
+  return extensions;
+}
+
+} // namespace ddpm

@@ -1,0 +1,357 @@
+#include "ddpm/trainer.h"
+
+#include <ATen/autocast_mode.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include <torch/torch.h>
+
+#include "ddpm/io/image.h"
+#include "ddpm/log.h"
+
+namespace ddpm {
+namespace {
+
+namespace fs = std::filesystem;
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_between(Clock::time_point start, Clock::time_point end) {
+  return std::chrono::duration<double>(end - start).count();
+}
+
+// Enables autocast for one device type in a scope, restoring the previous
+// state on exit (torch.autocast as a C++ guard).
+class AutocastScope {
+ public:
+  AutocastScope(bool enabled, c10::DeviceType device, torch::ScalarType dtype)
+      : enabled_(enabled), device_(device) {
+    if (!enabled_) {
+      return;
+    }
+    previous_enabled_ = at::autocast::is_autocast_enabled(device_);
+    previous_dtype_ = at::autocast::get_autocast_dtype(device_);
+    at::autocast::set_autocast_enabled(device_, true);
+    at::autocast::set_autocast_dtype(device_, dtype);
+    at::autocast::increment_nesting();
+  }
+
+  ~AutocastScope() {
+    if (!enabled_) {
+      return;
+    }
+    if (at::autocast::decrement_nesting() == 0) {
+      at::autocast::clear_cache();
+    }
+    at::autocast::set_autocast_enabled(device_, previous_enabled_);
+    at::autocast::set_autocast_dtype(device_, previous_dtype_);
+  }
+
+  AutocastScope(const AutocastScope&) = delete;
+  AutocastScope& operator=(const AutocastScope&) = delete;
+
+ private:
+  bool enabled_;
+  c10::DeviceType device_;
+  bool previous_enabled_ = false;
+  torch::ScalarType previous_dtype_ = torch::kBFloat16;
+};
+
+bool is_perfect_square(int64_t n) {
+  const auto root = int64_t(std::llround(std::sqrt(double(n))));
+  return n >= 1 && root * root == n;
+}
+
+// Creates `folder` and proves it writable with a probe file, so that a bad
+// results folder fails before hours of training rather than at the first
+// checkpoint.
+void check_writable_folder(const std::string& folder) {
+  std::error_code error;
+  fs::create_directories(folder, error);
+  TORCH_CHECK(!error, "cannot create results folder \"", folder,
+              "\": ", error.message());
+  const auto probe = fs::path(folder) / ".ddpm-write-test";
+  {
+    std::ofstream file(probe);
+    file << "probe";
+    TORCH_CHECK(file.good(), "results folder \"", folder,
+                "\" is not writable: ", std::strerror(errno));
+  }
+  fs::remove(probe, error);
+}
+
+GaussianDiffusion make_copy(const GaussianDiffusion& model) {
+  return GaussianDiffusion(Unet(model->model->options), model->options);
+}
+
+} // namespace
+
+std::string to_string(MixedPrecision precision) {
+  return precision == MixedPrecision::kFloat16 ? "fp16" : "bf16";
+}
+
+MixedPrecision mixed_precision_from_string(const std::string& name) {
+  if (name == "fp16") {
+    return MixedPrecision::kFloat16;
+  }
+  if (name == "bf16") {
+    return MixedPrecision::kBFloat16;
+  }
+  TORCH_CHECK(false, "unknown mixed precision type \"", name,
+              "\": expected fp16 or bf16");
+}
+
+Trainer::Trainer(GaussianDiffusion diffusion, TrainerOptions options)
+    : options_(std::move(options)),
+      model_(std::move(diffusion)),
+      scaler_(GradScalerOptions{}) {
+  const auto& o = options_;
+  TORCH_CHECK(o.train_batch_size() >= 1,
+              "train_batch_size must be at least 1, got ",
+              o.train_batch_size());
+  TORCH_CHECK(o.gradient_accumulate_every() >= 1,
+              "gradient_accumulate_every must be at least 1, got ",
+              o.gradient_accumulate_every());
+  TORCH_CHECK(o.train_lr() > 0, "train_lr must be positive, got ",
+              o.train_lr());
+  TORCH_CHECK(o.train_num_steps() >= 0,
+              "train_num_steps must be non-negative, got ",
+              o.train_num_steps());
+  TORCH_CHECK(o.save_and_sample_every() >= 1,
+              "save_and_sample_every must be at least 1, got ",
+              o.save_and_sample_every());
+  TORCH_CHECK(is_perfect_square(o.num_samples()),
+              "num_samples must be a perfect square (the grid has "
+              "sqrt(num_samples) images per row), got ", o.num_samples());
+  TORCH_CHECK(o.ema_decay() >= 0 && o.ema_decay() <= 1,
+              "ema_decay must be in [0, 1], got ", o.ema_decay());
+  TORCH_CHECK(o.max_grad_norm() >= 0,
+              "max_grad_norm must be non-negative, got ", o.max_grad_norm());
+  const auto [beta1, beta2] = o.adam_betas();
+  TORCH_CHECK(beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1,
+              "adam_betas must be in [0, 1), got (", beta1, ", ", beta2, ")");
+  TORCH_CHECK(o.num_workers() >= 0, "num_workers must be non-negative, got ",
+              o.num_workers());
+  if (o.train_batch_size() * o.gradient_accumulate_every() < 16) {
+    log_warning("effective batch size train_batch_size x "
+                "gradient_accumulate_every = " +
+                std::to_string(o.train_batch_size() *
+                               o.gradient_accumulate_every()) +
+                " is below 16, which trains poorly");
+  }
+
+  check_writable_folder(o.results_folder());
+
+  ImageFolderOptions data;
+  data.folder = o.folder();
+  data.height = model_->image_size().height;
+  data.width = model_->image_size().width;
+  data.channels = model_->channels();
+  data.cache_images = o.cache_images();
+  data.cache_max_bytes = o.cache_max_bytes();
+  dataset_ = std::make_shared<ImageFolder>(data);
+  if (dataset_->size() < 100) {
+    log_warning("only " + std::to_string(dataset_->size()) + " images in \"" +
+                o.folder() + "\"; at least 10k are recommended");
+  }
+
+  model_->to(o.device());
+  ema_model_ = make_copy(model_);
+  ema_model_->to(o.device());
+  ema_model_->eval();
+  EmaOptions ema_options;
+  ema_options.decay = o.ema_decay();
+  ema_options.update_every = o.ema_update_every();
+  ema_ = std::make_unique<EMA>(model_.ptr(), ema_model_.ptr(), ema_options);
+
+  parameters_ = model_->parameters();
+  optimizer_ = std::make_unique<torch::optim::Adam>(
+      parameters_, torch::optim::AdamOptions(o.train_lr())
+                       .betas({beta1, beta2}));
+
+  const bool on_cuda = o.device().is_cuda();
+  autocast_ = o.amp();
+  if (o.amp() && !on_cuda) {
+    autocast_dtype_ = torch::kBFloat16;
+    if (o.mixed_precision_type() == MixedPrecision::kFloat16) {
+      log_info("amp on the CPU uses bfloat16 autocast; "
+               "mixed_precision_type=fp16 applies to CUDA only");
+    }
+  } else if (o.amp()) {
+    autocast_dtype_ = o.mixed_precision_type() == MixedPrecision::kFloat16
+        ? torch::kFloat16
+        : torch::kBFloat16;
+  }
+  GradScalerOptions scaler_options;
+  scaler_options.enabled =
+      autocast_ && autocast_dtype_ == torch::kFloat16;
+  scaler_ = GradScaler(scaler_options);
+
+  log_info("training " + std::to_string(dataset_->size()) + " images from \"" +
+           o.folder() + "\" on " + o.device().str() + ", objective " +
+           to_string(model_->options.objective()) + ", beta schedule " +
+           to_string(model_->options.beta_schedule()) +
+           (autocast_ ? std::string(", autocast ") +
+                    c10::toString(autocast_dtype_)
+                      : std::string()));
+}
+
+std::string Trainer::checkpoint_path(const std::string& milestone) const {
+  return (fs::path(options_.results_folder()) / ("model-" + milestone + ".pt"))
+      .string();
+}
+
+torch::Tensor Trainer::next_batch(double& wait_seconds) {
+  if (!loader_) {
+    BatchLoaderOptions loader;
+    loader.batch_size = options_.train_batch_size();
+    loader.num_workers = options_.num_workers();
+    loader.prefetch = options_.prefetch();
+    loader.augment_horizontal_flip = options_.augment_horizontal_flip();
+    loader.seed = options_.seed();
+    loader_ = std::make_unique<BatchLoader>(dataset_, loader);
+  }
+  const double before = loader_->wait_seconds();
+  auto batch = loader_->next();
+  wait_seconds += loader_->wait_seconds() - before;
+  return batch.to(options_.device(), /*non_blocking=*/true);
+}
+
+double Trainer::train_step() {
+  model_->train();
+  double total_loss = 0.0;
+  double wait_seconds = 0.0;
+  const int64_t accumulate = options_.gradient_accumulate_every();
+
+  for (int64_t i = 0; i < accumulate; ++i) {
+    auto data = next_batch(wait_seconds);
+    torch::Tensor loss;
+    {
+      AutocastScope autocast(autocast_, options_.device().type(),
+                             autocast_dtype_);
+      loss = model_(data) / double(accumulate);
+    }
+    total_loss += loss.item<double>();
+    scaler_.scale(loss).backward();
+  }
+
+  // Unscale before clipping, so the norm is that of the true gradients.
+  scaler_.unscale_(parameters_);
+  if (options_.max_grad_norm() > 0) {
+    torch::nn::utils::clip_grad_norm_(parameters_, options_.max_grad_norm());
+  }
+  const bool stepped = scaler_.step(*optimizer_, parameters_);
+  scaler_.update();
+  optimizer_->zero_grad();
+  if (!stepped) {
+    log_warning("step " + std::to_string(step_ + 1) +
+                ": non-finite gradients, optimizer step skipped and loss "
+                "scale lowered to " + std::to_string(scaler_.get_scale()));
+  }
+
+  ++step_;
+  ema_->update();
+  last_wait_seconds_ = wait_seconds;
+  return total_loss;
+}
+
+torch::Tensor Trainer::sample_ema() {
+  ema_model_->eval();
+  c10::InferenceMode inference;
+  std::vector<torch::Tensor> batches;
+  int64_t remaining = options_.num_samples();
+  while (remaining > 0) {
+    const int64_t n = std::min(remaining, options_.train_batch_size());
+    batches.push_back(ema_model_->sample(n).cpu());
+    remaining -= n;
+  }
+  return torch::cat(batches, 0);
+}
+
+void Trainer::save_and_sample(int64_t milestone) {
+  const auto name = std::to_string(milestone);
+  auto images = sample_ema();
+  const auto per_row = int64_t(std::llround(std::sqrt(
+      double(options_.num_samples()))));
+  save_image_grid(
+      images,
+      (fs::path(options_.results_folder()) / ("sample-" + name + ".png"))
+          .string(),
+      per_row);
+  save(name);
+}
+
+std::string Trainer::save(const std::string& milestone) {
+  Checkpoint checkpoint;
+  checkpoint.step = step_;
+  checkpoint.model = module_state_dict(*model_);
+  checkpoint.opt = adam_state_dict(*optimizer_);
+  checkpoint.ema = ema_->state_dict();
+  if (scaler_.enabled()) {
+    ScalerState state;
+    state.scale = scaler_.get_scale();
+    state.growth_factor = scaler_.options().growth_factor;
+    state.backoff_factor = scaler_.options().backoff_factor;
+    state.growth_interval = scaler_.options().growth_interval;
+    state.growth_tracker = scaler_.growth_tracker();
+    checkpoint.scaler = state;
+  }
+  const auto path = checkpoint_path(milestone);
+  save_checkpoint(checkpoint, path);
+  return path;
+}
+
+void Trainer::load(const std::string& milestone) {
+  const auto path = checkpoint_path(milestone);
+  auto checkpoint = load_checkpoint(path);
+  load_module_state_dict(*model_, checkpoint.model,
+                         "checkpoint \"" + path + "\"");
+  load_adam_state_dict(*optimizer_, checkpoint.opt);
+  ema_->load_state_dict(checkpoint.ema);
+  if (scaler_.enabled() && checkpoint.scaler) {
+    scaler_.load(checkpoint.scaler->scale, checkpoint.scaler->growth_tracker);
+  }
+  step_ = checkpoint.step;
+  log_info("loaded \"" + path + "\" at step " + std::to_string(step_) +
+           (checkpoint.version.empty() ? std::string()
+                                       : ", version " + checkpoint.version));
+}
+
+void Trainer::train() {
+  const int64_t total = options_.train_num_steps();
+  const int64_t first_step = step_;
+  const auto start = Clock::now();
+
+  while (step_ < total) {
+    const double loss = train_step();
+
+    TrainProgress progress;
+    progress.step = step_;
+    progress.total_steps = total;
+    progress.loss = loss;
+    progress.data_wait_seconds = last_wait_seconds_;
+    const double elapsed = seconds_between(start, Clock::now());
+    progress.steps_per_second =
+        elapsed > 0 ? double(step_ - first_step) / elapsed : 0.0;
+    progress.seconds_left = progress.steps_per_second > 0
+        ? double(total - step_) / progress.steps_per_second
+        : 0.0;
+
+    if (step_ % options_.save_and_sample_every() == 0) {
+      const int64_t milestone = step_ / options_.save_and_sample_every();
+      save_and_sample(milestone);
+      progress.checkpoint_path = checkpoint_path(std::to_string(milestone));
+    }
+    if (progress_callback_) {
+      progress_callback_(progress);
+    }
+  }
+  log_info("training complete at step " + std::to_string(step_));
+}
+
+} // namespace ddpm

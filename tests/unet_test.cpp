@@ -1,0 +1,143 @@
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "ddpm/io/checkpoint.h"
+#include "ddpm/unet.h"
+#include "test_util.h"
+
+namespace ddpm {
+namespace {
+
+using ddpm::testing::load_fixture;
+
+class UnetTest : public ::testing::Test {
+ protected:
+  void SetUp() override { torch::manual_seed(0); }
+};
+
+struct ShapeCase {
+  const char* name;
+  UnetOptions options;
+  int64_t height;
+  int64_t width;
+  int64_t expected_channels;
+};
+
+TEST_F(UnetTest, OutputShapesAcrossOptions) {
+  std::vector<ShapeCase> cases = {
+      {"default stages", UnetOptions(8), 16, 16, 3},
+      {"three stages gray", UnetOptions(8).dim_mults({1, 2, 4}).channels(1),
+       28, 28, 1},
+      {"one stage", UnetOptions(8).dim_mults({1}).channels(3), 5, 7, 3},
+      {"rgba non-square", UnetOptions(8).dim_mults({1, 2}).channels(4), 8,
+       12, 4},
+      {"self condition",
+       UnetOptions(8).dim_mults({1, 2}).self_condition(true), 8, 8, 3},
+      {"learned variance",
+       UnetOptions(8).dim_mults({1, 2}).learned_variance(true), 8, 8, 6},
+      {"out_dim and init_dim",
+       UnetOptions(8).dim_mults({1, 2}).init_dim(12).out_dim(5), 8, 8, 5},
+      {"learned sinusoidal",
+       UnetOptions(8).dim_mults({1, 2}).learned_sinusoidal_cond(true), 8, 8,
+       3},
+      {"random fourier",
+       UnetOptions(8).dim_mults({1, 2}).random_fourier_features(true), 8, 8,
+       3},
+      {"all full attention flash",
+       UnetOptions(8).dim_mults({1, 2}).full_attn({true}).flash_attn(true),
+       8, 8, 3},
+      {"all linear attention",
+       UnetOptions(8).dim_mults({1, 2, 2}).full_attn({false}), 8, 8, 3},
+      {"per-stage heads",
+       UnetOptions(8).dim_mults({1, 2}).attn_heads({2, 4})
+           .attn_dim_head({8, 16}),
+       8, 8, 3},
+      {"dropout", UnetOptions(8).dim_mults({1, 2}).dropout(0.1), 8, 8, 3},
+  };
+  for (auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    Unet unet(c.options);
+    const int64_t channels = c.options.channels();
+    auto x = torch::randn({2, channels, c.height, c.width});
+    auto time = torch::tensor({0, 999}, torch::kLong);
+    auto out = unet(x, time);
+    EXPECT_EQ(out.sizes(),
+              torch::IntArrayRef({2, c.expected_channels, c.height, c.width}));
+    EXPECT_TRUE(torch::isfinite(out).all().item<bool>());
+  }
+}
+
+TEST_F(UnetTest, ParameterNamesFollowPython) {
+  Unet unet(UnetOptions(8).dim_mults({1, 2}));
+  auto params = unet->named_parameters();
+  for (const char* key :
+       {"init_conv.weight", "time_mlp.1.weight", "time_mlp.3.bias",
+        "downs.0.0.mlp.1.weight", "downs.0.0.block1.proj.weight",
+        "downs.0.0.block1.norm.g", "downs.0.2.mem_kv",
+        "downs.0.2.to_out.0.weight", "downs.0.2.to_out.1.g",
+        "downs.0.3.1.weight", "downs.1.2.to_out.weight",
+        "mid_attn.to_qkv.weight", "ups.0.0.res_conv.weight",
+        "ups.1.3.weight", "final_res_block.res_conv.weight",
+        "final_conv.bias"}) {
+    EXPECT_TRUE(params.contains(key)) << key;
+  }
+}
+
+TEST_F(UnetTest, RejectsInvalidOptions) {
+  DDPM_EXPECT_THROW_WITH(Unet(UnetOptions(8).dim_mults({})),
+                         "dim_mults must have at least one entry");
+  DDPM_EXPECT_THROW_WITH(Unet(UnetOptions(0)), "dim must be positive, got 0");
+  DDPM_EXPECT_THROW_WITH(
+      Unet(UnetOptions(8).dim_mults({1, 2, 4}).full_attn({true, false})),
+      "full_attn must have 1 or 3 entries");
+  DDPM_EXPECT_THROW_WITH(
+      Unet(UnetOptions(8).dim_mults({1, 2}).attn_heads({0})),
+      "attn_heads and attn_dim_head must be positive");
+  DDPM_EXPECT_THROW_WITH(Unet(UnetOptions(8).dropout(1.0)),
+                         "dropout must be in [0, 1), got 1");
+}
+
+TEST_F(UnetTest, RejectsIndivisibleInput) {
+  Unet unet(UnetOptions(8).dim_mults({1, 2, 4}).channels(1));
+  auto x = torch::randn({1, 1, 30, 30});
+  DDPM_EXPECT_THROW_WITH(unet(x, torch::tensor({1}, torch::kLong)),
+                         "divisible by 4 (2^(stages - 1) for 3 stages), got "
+                         "30 x 30");
+  DDPM_EXPECT_THROW_WITH(
+      unet(torch::randn({1, 3, 8, 8}), torch::tensor({1}, torch::kLong)),
+      "must have 1 channels, got 3");
+}
+
+// Loads a state dict and inputs written by the Python package and compares
+// the outputs.
+void expect_python_parity(const std::string& fixture, UnetOptions options) {
+  auto record = load_fixture(fixture).toGenericDict();
+  StateDict state;
+  for (const auto& entry : record.at("state").toGenericDict()) {
+    state.insert(entry.key().toStringRef(), entry.value().toTensor());
+  }
+  Unet unet(options);
+  unet->eval();
+  EXPECT_EQ(module_state_dict(*unet).size(), state.size());
+  load_module_state_dict(*unet, state, fixture);
+
+  auto x = record.at("x").toTensor();
+  auto time = record.at("time").toTensor();
+  auto expected = record.at("out").toTensor();
+  torch::NoGradGuard no_grad;
+  auto out = unet(x, time);
+  const double difference = (out - expected).abs().max().item<double>();
+  EXPECT_LE(difference, 1e-5) << fixture;
+}
+
+TEST_F(UnetTest, MatchesPythonTwoStages) {
+  expect_python_parity("unet_small.pt",
+                       UnetOptions(8).dim_mults({1, 2}).channels(1));
+}
+
+TEST_F(UnetTest, MatchesPythonFourStages) {
+  expect_python_parity("unet_four_stages.pt", UnetOptions(8).channels(3));
+}
+
+} // namespace
+} // namespace ddpm
