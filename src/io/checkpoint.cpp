@@ -10,7 +10,10 @@
 #include <iterator>
 #include <sstream>
 
+#include <caffe2/serialize/inline_container.h>
+#include <torch/csrc/jit/serialization/export.h>
 #include <torch/csrc/jit/serialization/pickle.h>
+#include <torch/csrc/jit/serialization/pickler.h>
 #include <torch/torch.h>
 
 namespace ddpm {
@@ -63,6 +66,36 @@ std::string system_error(const std::string& action, const std::string& path) {
   return action + " \"" + path + "\": " + std::strerror(errno);
 }
 
+// torch::pickle_save, without the TorchScript type tags it puts on dicts
+// and lists: Python's torch.load(weights_only=True), which the Python
+// Trainer uses, rejects those tags.
+std::vector<char> pickle_for_python(const c10::IValue& value) {
+  std::vector<char> pickled;
+  torch::jit::Pickler pickler(
+      [&](const char* bytes, size_t size) {
+        pickled.insert(pickled.end(), bytes, bytes + size);
+      },
+      /*tensor_table=*/nullptr, /*type_renamer=*/nullptr,
+      /*memoized_class_types=*/nullptr, /*get_tensor_id=*/nullptr,
+      /*tag_aggregates=*/false);
+  pickler.protocol();
+  pickler.pushIValue(value);
+  pickler.stop();
+
+  std::vector<char> archive;
+  {
+    caffe2::serialize::PyTorchStreamWriter writer(
+        [&](const void* bytes, size_t size) {
+          const auto* begin = static_cast<const char*>(bytes);
+          archive.insert(archive.end(), begin, begin + size);
+          return size;
+        });
+    torch::jit::writeArchiveAndTensors("data", pickled.data(), pickled.size(),
+                                       pickler.tensorData(), writer);
+  } // the writer's destructor writes the zip directory
+  return archive;
+}
+
 } // namespace
 
 const char* library_version() { return "ddpm-cpp 0.1.0"; }
@@ -108,7 +141,9 @@ c10::IValue adam_state_dict(torch::optim::Adam& optimizer) {
       static_cast<const torch::optim::AdamOptions&>(group.options());
 
   GenericDict states(c10::IntType::get(), c10::AnyType::get());
-  c10::List<int64_t> indices;
+  // A generic list: a typed c10::List<int64_t> pickles as build_intlist,
+  // which torch.load(weights_only=True) rejects.
+  GenericList indices(c10::AnyType::get());
   for (size_t i = 0; i < group.params().size(); ++i) {
     indices.push_back(int64_t(i));
     auto found = optimizer.state().find(
@@ -267,7 +302,7 @@ void save_checkpoint(const Checkpoint& checkpoint, const std::string& path) {
   }
   dict.insert("version", checkpoint.version.empty() ? library_version()
                                                     : checkpoint.version);
-  write_file_atomically(path, torch::pickle_save(dict));
+  write_file_atomically(path, pickle_for_python(dict));
 }
 
 Checkpoint load_checkpoint(const std::string& path) {

@@ -18,9 +18,9 @@ using StateDict = torch::OrderedDict<std::string, torch::Tensor>;
 StateDict module_state_dict(const torch::nn::Module& module);
 
 /// Copies `state` into the parameters and buffers of `module`. Every key of
-/// the module must be present with the same shape and no key may be left
-/// over; otherwise throws naming the first offending key (and both shapes
-/// for a mismatch). `what` names the source in messages.
+/// the module must be present with the same shape, and no key may be left
+/// over. Otherwise throws naming the first offending key, with both shapes
+/// for a mismatch. `what` names the source in messages.
 void load_module_state_dict(torch::nn::Module& module, const StateDict& state,
                             const std::string& what = "state dict");
 
