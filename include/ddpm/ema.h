@@ -29,13 +29,13 @@ struct EmaOptions {
 /// update() copies the model, later ones copy (up to update_after_step) or
 /// lerp every update_every calls with the warm-up decay.
 ///
-/// Python's EMA state dict holds `initted`, `step`, `online_model.*` and
-/// `ema_model.*`; state_dict() returns the same keys.
+/// state_dict() returns the keys of Python's EMA state dict: `initted`,
+/// `step`, `online_model.*` and `ema_model.*`.
 class EMA {
  public:
-  /// `ema_model` must have the same parameter and buffer names as `model`
-  /// (a second instance built with the same options); its values are
-  /// replaced at the first update().
+  /// `ema_model` must have the same parameter and buffer names as `model`,
+  /// for example a second instance built with the same options. The first
+  /// update() overwrites its values.
   EMA(std::shared_ptr<torch::nn::Module> model,
       std::shared_ptr<torch::nn::Module> ema_model, EmaOptions options = {});
 

@@ -17,11 +17,12 @@ struct GradScalerOptions {
   bool enabled = true;
 };
 
-/// Dynamic loss scaling for float16 training, on ATen's AMP kernels (the
-/// ones torch.amp.GradScaler calls): the loss is multiplied by a scale
-/// before backward, gradients are divided by it and checked for inf/NaN,
-/// an overflowing step is skipped and the scale halved, and the scale
-/// doubles after growth_interval clean steps. LibTorch ships no C++ scaler.
+/// Dynamic loss scaling for float16 training, built on the ATen AMP kernels
+/// that torch.amp.GradScaler calls, because LibTorch ships no C++ scaler.
+/// The loss is multiplied by a scale before backward. Gradients are divided
+/// by it and checked for inf and NaN. A step with non-finite gradients is
+/// skipped and the scale multiplied by backoff_factor, and the scale grows
+/// by growth_factor after growth_interval clean steps.
 class GradScaler {
  public:
   explicit GradScaler(GradScalerOptions options = {});

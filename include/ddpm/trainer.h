@@ -58,7 +58,7 @@ struct TrainerOptions {
   TORCH_ARG(int64_t, save_and_sample_every) = 1000;
   /// EMA samples per grid; a perfect square (sqrt of it per row).
   TORCH_ARG(int64_t, num_samples) = 25;
-  /// Where model-N.pt and sample-N.png go (N = step / save_and_sample_every).
+  /// Folder of model-N.pt and sample-N.png (N = step / save_and_sample_every).
   TORCH_ARG(std::string, results_folder) = "./results";
   /// Mixed precision: bf16 autocast on the CPU; on CUDA fp16 with loss
   /// scaling, or bf16, as mixed_precision_type selects.

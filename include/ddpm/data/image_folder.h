@@ -36,7 +36,7 @@ struct ImageFolderOptions {
 /// resized and centre-cropped to the output size.
 ///
 /// The constructor lists the files (sorted, so the order does not depend on
-/// the file system) and throws when the folder is missing or holds no file
+/// the file system) and throws when the folder is missing or contains no file
 /// with a known extension. A file that fails to decode is skipped with one
 /// warning naming it and the reason; get() throws once no file is left.
 class ImageFolder {

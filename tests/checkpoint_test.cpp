@@ -1,0 +1,144 @@
+#include <filesystem>
+#include <fstream>
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "ddpm/io/checkpoint.h"
+#include "test_util.h"
+
+namespace ddpm {
+namespace {
+
+using ddpm::testing::TemporaryFolder;
+
+class CheckpointTest : public ::testing::Test {
+ protected:
+  void SetUp() override { torch::manual_seed(0); }
+};
+
+// Three Adam steps on a small network, so that the state is non-trivial.
+void train_briefly(torch::nn::Linear& net, torch::optim::Adam& adam) {
+  for (int i = 0; i < 3; ++i) {
+    adam.zero_grad();
+    net(torch::randn({4, 3})).pow(2).sum().backward();
+    adam.step();
+  }
+}
+
+TEST_F(CheckpointTest, SaveLoadRoundTrip) {
+  TemporaryFolder folder;
+  torch::nn::Linear net(3, 2);
+  torch::optim::Adam adam(net->parameters(),
+                          torch::optim::AdamOptions(1e-3).betas({0.9, 0.99}));
+  train_briefly(net, adam);
+
+  Checkpoint checkpoint;
+  checkpoint.step = 42;
+  checkpoint.model = module_state_dict(*net);
+  checkpoint.opt = adam_state_dict(adam);
+  checkpoint.ema.insert("step", torch::tensor(int64_t{7}));
+  checkpoint.ema.insert("ema_model.weight", net->weight.detach() * 2);
+  checkpoint.scaler = ScalerState{1024.0, 2.0, 0.5, 2000, 17};
+  const auto path = (folder.path() / "model-1.pt").string();
+  save_checkpoint(checkpoint, path);
+
+  auto loaded = load_checkpoint(path);
+  EXPECT_EQ(loaded.step, 42);
+  EXPECT_EQ(loaded.version, library_version());
+  EXPECT_TRUE(torch::equal(loaded.model["weight"], net->weight));
+  EXPECT_TRUE(torch::equal(loaded.ema["ema_model.weight"], net->weight * 2));
+  EXPECT_EQ(loaded.ema["step"].item<int64_t>(), 7);
+  ASSERT_TRUE(loaded.scaler.has_value());
+  EXPECT_DOUBLE_EQ(loaded.scaler->scale, 1024.0);
+  EXPECT_EQ(loaded.scaler->growth_tracker, 17);
+
+  // The optimizer continues exactly where it stopped.
+  torch::nn::Linear copy(3, 2);
+  load_module_state_dict(*copy, loaded.model);
+  torch::optim::Adam copy_adam(copy->parameters(),
+                               torch::optim::AdamOptions(5.0));
+  load_adam_state_dict(copy_adam, loaded.opt);
+  const auto& options = static_cast<const torch::optim::AdamOptions&>(
+      copy_adam.param_groups()[0].options());
+  EXPECT_DOUBLE_EQ(options.lr(), 1e-3);
+  EXPECT_DOUBLE_EQ(std::get<1>(options.betas()), 0.99);
+  auto input = torch::randn({4, 3});
+  for (auto* pair : {&adam, &copy_adam}) {
+    pair->zero_grad();
+  }
+  net(input).pow(2).sum().backward();
+  copy(input).pow(2).sum().backward();
+  adam.step();
+  copy_adam.step();
+  EXPECT_TRUE(torch::equal(net->weight, copy->weight));
+}
+
+TEST_F(CheckpointTest, NoTemporaryFileLeftBehind) {
+  TemporaryFolder folder;
+  Checkpoint checkpoint;
+  torch::nn::Linear net(2, 2);
+  checkpoint.model = module_state_dict(*net);
+  checkpoint.opt = c10::IValue();
+  save_checkpoint(checkpoint, (folder.path() / "model-1.pt").string());
+  std::vector<std::string> names;
+  for (const auto& entry : std::filesystem::directory_iterator(folder.path())) {
+    names.push_back(entry.path().filename().string());
+  }
+  EXPECT_EQ(names, std::vector<std::string>{"model-1.pt"});
+}
+
+TEST_F(CheckpointTest, TruncatedFileNamesPath) {
+  TemporaryFolder folder;
+  Checkpoint checkpoint;
+  torch::nn::Linear net(8, 8);
+  checkpoint.model = module_state_dict(*net);
+  const auto path = (folder.path() / "model-1.pt").string();
+  save_checkpoint(checkpoint, path);
+  std::filesystem::resize_file(path, std::filesystem::file_size(path) / 2);
+  DDPM_EXPECT_THROW_WITH(load_checkpoint(path),
+                         "checkpoint \"" + path +
+                             "\" is truncated or not a torch.save file");
+}
+
+TEST_F(CheckpointTest, NotACheckpointNamesPath) {
+  TemporaryFolder folder;
+  const auto path = (folder.path() / "notes.pt").string();
+  std::ofstream(path) << "these are not the weights you are looking for";
+  DDPM_EXPECT_THROW_WITH(load_checkpoint(path),
+                         "is truncated or not a torch.save file");
+  DDPM_EXPECT_THROW_WITH(
+      load_checkpoint((folder.path() / "missing.pt").string()),
+      "cannot open checkpoint");
+}
+
+TEST_F(CheckpointTest, MismatchedStateNamesKeyAndShapes) {
+  torch::nn::Linear small(3, 2);
+  torch::nn::Linear large(4, 2);
+  DDPM_EXPECT_THROW_WITH(
+      load_module_state_dict(*small, module_state_dict(*large), "test.pt"),
+      "test.pt has \"weight\" with shape [2, 4], the model expects [2, 3]");
+
+  auto state = module_state_dict(*small);
+  state.erase("bias");
+  DDPM_EXPECT_THROW_WITH(load_module_state_dict(*small, state),
+                         "is missing \"bias\" (shape [2])");
+
+  state = module_state_dict(*small);
+  state.insert("extra", torch::zeros({1}));
+  DDPM_EXPECT_THROW_WITH(load_module_state_dict(*small, state),
+                         "has \"extra\", which the model does not have");
+}
+
+TEST_F(CheckpointTest, UnwritableFolderNamesPath) {
+  TemporaryFolder folder;
+  const auto blocker = folder.path() / "file";
+  std::ofstream(blocker) << "x";
+  Checkpoint checkpoint;
+  DDPM_EXPECT_THROW_WITH(
+      save_checkpoint(checkpoint, (blocker / "model-1.pt").string()),
+      "cannot create");
+}
+
+} // namespace
+} // namespace ddpm

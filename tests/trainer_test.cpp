@@ -1,0 +1,205 @@
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "ddpm/io/image.h"
+#include "ddpm/log.h"
+#include "ddpm/trainer.h"
+#include "test_util.h"
+
+namespace ddpm {
+namespace {
+
+namespace fs = std::filesystem;
+using ddpm::testing::TemporaryFolder;
+
+class TrainerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    torch::manual_seed(0);
+    previous_sink_ = set_log_sink(
+        [this](LogLevel level, const std::string& message) {
+          if (level == LogLevel::kWarning) {
+            warnings_.push_back(message);
+          }
+        });
+    // Eight 8x8 grayscale images: bars at different positions.
+    fs::create_directories(data_.path() / "nested");
+    for (int64_t i = 0; i < 8; ++i) {
+      auto image = torch::zeros({1, 8, 8});
+      image.select(2, i).fill_(1.0);
+      image.select(1, (i + 3) % 8).fill_(0.5);
+      const auto folder = i % 2 ? data_.path() / "nested" : data_.path();
+      write_png((folder / ("bar" + std::to_string(i) + ".png")).string(),
+                image);
+    }
+  }
+
+  void TearDown() override { set_log_sink(previous_sink_); }
+
+  static GaussianDiffusion small_diffusion(int64_t dim = 8) {
+    return GaussianDiffusion(
+        Unet(UnetOptions(dim).dim_mults({1, 2}).channels(1)),
+        GaussianDiffusionOptions(8).timesteps(100).sampling_timesteps(5));
+  }
+
+  TrainerOptions small_options() const {
+    return TrainerOptions(data_.str())
+        .train_batch_size(8)
+        .train_lr(1e-3)
+        .num_samples(4)
+        .save_and_sample_every(1000)
+        .results_folder(results_.str())
+        .num_workers(1);
+  }
+
+  TemporaryFolder data_;
+  TemporaryFolder results_;
+  std::vector<std::string> warnings_;
+  LogSink previous_sink_;
+};
+
+TEST_F(TrainerTest, LossFallsWhileOverfitting) {
+  Trainer trainer(small_diffusion(),
+                  small_options().augment_horizontal_flip(false));
+  // The loss on all eight images at fixed times and noise, before and after
+  // training, so that the random draws of training do not blur the result.
+  std::vector<torch::Tensor> images;
+  for (int64_t i = 0; i < trainer.dataset()->size(); ++i) {
+    images.push_back(trainer.dataset()->get(i).to(torch::kFloat32) / 255);
+  }
+  auto batch = torch::stack(images);
+  auto times = torch::arange(5, 100, 12, torch::kLong);
+  auto noise = torch::randn_like(batch);
+  auto evaluate = [&] {
+    torch::NoGradGuard no_grad;
+    return trainer.model()->loss(batch, times, noise).item<double>();
+  };
+
+  const double before = evaluate();
+  for (int i = 0; i < 150; ++i) {
+    trainer.train_step();
+  }
+  const double after = evaluate();
+  EXPECT_LT(after, 0.7 * before) << "before " << before << ", after " << after;
+  EXPECT_EQ(trainer.step(), 150);
+}
+
+TEST_F(TrainerTest, WritesGridAndCheckpointEverySaveInterval) {
+  Trainer trainer(small_diffusion(),
+                  small_options().save_and_sample_every(2).train_num_steps(4));
+  std::vector<std::string> saved;
+  trainer.set_progress_callback([&](const TrainProgress& progress) {
+    EXPECT_GT(progress.steps_per_second, 0.0);
+    EXPECT_GE(progress.data_wait_seconds, 0.0);
+    if (progress.checkpoint_path) {
+      saved.push_back(*progress.checkpoint_path);
+    }
+  });
+  trainer.train();
+  EXPECT_EQ(saved.size(), 2u);
+  for (const char* name :
+       {"model-1.pt", "model-2.pt", "sample-1.png", "sample-2.png"}) {
+    EXPECT_TRUE(fs::exists(results_.path() / name)) << name;
+  }
+  // 4 samples: a 2 x 2 grid of 8 x 8 images with 2 pixels of padding.
+  auto grid = decode_image((results_.path() / "sample-2.png").string(), 1);
+  EXPECT_EQ(grid.height, 2 * (8 + 2) + 2);
+  EXPECT_EQ(grid.width, 2 * (8 + 2) + 2);
+}
+
+TEST_F(TrainerTest, LoadRestoresEveryPart) {
+  Trainer trainer(small_diffusion(), small_options());
+  for (int i = 0; i < 12; ++i) {
+    trainer.train_step();
+  }
+  trainer.save("7");
+
+  torch::manual_seed(99);
+  Trainer resumed(small_diffusion(), small_options());
+  resumed.load("7");
+  EXPECT_EQ(resumed.step(), 12);
+  auto original = trainer.model()->named_parameters();
+  for (const auto& item : resumed.model()->named_parameters()) {
+    EXPECT_TRUE(torch::equal(item.value(), original[item.key()]))
+        << item.key();
+  }
+  auto ema = trainer.ema_model()->named_parameters();
+  for (const auto& item : resumed.ema_model()->named_parameters()) {
+    EXPECT_TRUE(torch::equal(item.value(), ema[item.key()])) << item.key();
+  }
+  EXPECT_EQ(resumed.ema().step(), trainer.ema().step());
+  auto& state = resumed.optimizer().state();
+  EXPECT_EQ(state.size(), trainer.optimizer().state().size());
+  const auto& first = resumed.optimizer().param_groups()[0].params()[0];
+  const auto& adam = static_cast<const torch::optim::AdamParamState&>(
+      *state.at(first.unsafeGetTensorImpl()));
+  EXPECT_EQ(adam.step(), 12);
+}
+
+TEST_F(TrainerTest, MismatchedCheckpointNamesKeyAndShapes) {
+  {
+    Trainer trainer(small_diffusion(8), small_options());
+    trainer.save("1");
+  }
+  Trainer other(small_diffusion(16), small_options());
+  DDPM_EXPECT_THROW_WITH(other.load("1"),
+                         "has \"model.init_conv.weight\" with shape [8, 1, 7, "
+                         "7], the model expects [16, 1, 7, 7]");
+}
+
+TEST_F(TrainerTest, BfloatAutocastStepStaysFinite) {
+  Trainer trainer(small_diffusion(), small_options().amp(true));
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_TRUE(std::isfinite(trainer.train_step()));
+  }
+  for (const auto& parameter : trainer.model()->parameters()) {
+    EXPECT_EQ(parameter.scalar_type(), torch::kFloat32);
+    EXPECT_TRUE(torch::isfinite(parameter).all().item<bool>());
+  }
+}
+
+TEST_F(TrainerTest, RejectsNonSquareNumSamples) {
+  DDPM_EXPECT_THROW_WITH(Trainer(small_diffusion(),
+                                 small_options().num_samples(24)),
+                         "num_samples must be a perfect square");
+}
+
+TEST_F(TrainerTest, RejectsUnwritableResultsFolder) {
+  const auto blocker = results_.path() / "file";
+  std::ofstream(blocker) << "x";
+  const auto folder = (blocker / "results").string();
+  DDPM_EXPECT_THROW_WITH(
+      Trainer(small_diffusion(), small_options().results_folder(folder)),
+      "cannot create results folder \"" + folder + "\"");
+}
+
+TEST_F(TrainerTest, RejectsMissingOrEmptyFolder) {
+  const auto missing = (data_.path() / "missing").string();
+  DDPM_EXPECT_THROW_WITH(
+      Trainer(small_diffusion(), TrainerOptions(missing)
+                                     .results_folder(results_.str())),
+      missing);
+  TemporaryFolder empty;
+  DDPM_EXPECT_THROW_WITH(
+      Trainer(small_diffusion(),
+              TrainerOptions(empty.str()).results_folder(results_.str())),
+      "no images found");
+}
+
+TEST_F(TrainerTest, WarnsAboutSmallFolderAndBatch) {
+  Trainer trainer(small_diffusion(), small_options());
+  bool folder_warning = false, batch_warning = false;
+  for (const auto& warning : warnings_) {
+    folder_warning |= warning.find("only 8 images") != std::string::npos;
+    batch_warning |= warning.find("effective batch size") != std::string::npos;
+  }
+  EXPECT_TRUE(folder_warning);
+  EXPECT_TRUE(batch_warning);
+}
+
+} // namespace
+} // namespace ddpm
