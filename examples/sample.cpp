@@ -59,7 +59,7 @@ ddpm::StateDict select_weights(const ddpm::Checkpoint& checkpoint,
       state.insert(item.key().substr(prefix.size()), item.value());
     }
   }
-  TORCH_CHECK(!state.empty(), "checkpoint \"", path,
+  TORCH_CHECK(!state.is_empty(), "checkpoint \"", path,
               "\" has no EMA weights; use --weights model");
   return state;
 }
@@ -69,8 +69,8 @@ ddpm::StateDict select_weights(const ddpm::Checkpoint& checkpoint,
 int main(int argc, char** argv) {
   CLI::App app{"Draw images from a trained denoising diffusion model"};
   // Model flags come from the training run's config.toml beside the
-  // checkpoint unless --config names another file; flags given on the
-  // command line win over the file.
+  // checkpoint, unless --config names another file. Flags given on the
+  // command line override the file.
   std::string default_config;
   const auto checkpoint_argument = find_checkpoint_argument(argc, argv);
   if (!checkpoint_argument.empty()) {
