@@ -5,6 +5,7 @@
 // dashes. ddpm-train writes them to results_folder/config.toml, which
 // ddpm-sample reads with --config.
 
+#include <charconv>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -148,6 +149,91 @@ inline void add_model_flags(CLI::App& app, ModelFlags& f) {
                  "Per-pixel loss: l1 (absolute) or l2 (squared)")
       ->capture_default_str()->group(diffusion)
       ->check(CLI::IsMember({"l1", "l2"}));
+}
+
+// ~~~ TOML config ~~~
+// CLI11 reads these files with --config. They are written by hand because
+// App::config_to_str writes vector defaults as one quoted string and
+// negatable flags as false, which reads back wrong.
+
+inline std::string toml_value(bool value) { return value ? "true" : "false"; }
+
+inline std::string toml_value(const std::string& value) {
+  std::string quoted = "\"";
+  for (char c : value) {
+    if (c == '"' || c == '\\') {
+      quoted += '\\';
+    }
+    quoted += c;
+  }
+  return quoted + "\"";
+}
+
+inline std::string toml_value(double value) {
+  // The shortest text that reads back as the same double.
+  char text[32];
+  const auto result = std::to_chars(text, text + sizeof(text), value);
+  return std::string(text, result.ptr);
+}
+
+template <typename T>
+std::string toml_value(const T& value) {
+  return std::to_string(value);
+}
+
+template <typename T>
+std::string toml_value(const std::vector<T>& values) {
+  std::string text = "[";
+  for (size_t i = 0; i < values.size(); ++i) {
+    text += (i ? ", " : "") + toml_value(values[i]);
+  }
+  return text + "]";
+}
+
+// Appends `key=value` to a TOML text.
+class TomlWriter {
+ public:
+  template <typename T>
+  TomlWriter& add(const std::string& key, const T& value) {
+    text_ += key + "=" + toml_value(value) + "\n";
+    return *this;
+  }
+  const std::string& str() const { return text_; }
+
+ private:
+  std::string text_;
+};
+
+inline void write_model_flags(TomlWriter& toml, const ModelFlags& f) {
+  toml.add("dim", f.dim)
+      .add("init-dim", f.init_dim)
+      .add("out-dim", f.out_dim)
+      .add("dim-mults", f.dim_mults)
+      .add("channels", f.channels)
+      .add("self-condition", f.self_condition)
+      .add("sinusoidal-pos-emb-theta", f.sinusoidal_pos_emb_theta)
+      .add("dropout", f.dropout)
+      .add("attn-dim-head", f.attn_dim_head)
+      .add("attn-heads", f.attn_heads)
+      .add("flash-attn", f.flash_attn)
+      .add("image-size", f.image_size)
+      .add("timesteps", f.timesteps)
+      .add("sampling-timesteps", f.sampling_timesteps)
+      .add("objective", f.objective)
+      .add("beta-schedule", f.beta_schedule)
+      .add("cosine-s", f.cosine_s)
+      .add("sigmoid-start", f.sigmoid_start)
+      .add("sigmoid-end", f.sigmoid_end)
+      .add("sigmoid-tau", f.sigmoid_tau)
+      .add("ddim-sampling-eta", f.ddim_sampling_eta)
+      .add("auto-normalize", f.auto_normalize)
+      .add("offset-noise-strength", f.offset_noise_strength)
+      .add("min-snr-loss-weight", f.min_snr_loss_weight)
+      .add("min-snr-gamma", f.min_snr_gamma)
+      .add("loss-type", f.loss_type);
+  if (!f.full_attn.empty()) {
+    toml.add("full-attn", f.full_attn);
+  }
 }
 
 inline Unet make_unet(const ModelFlags& f) {

@@ -107,6 +107,31 @@ void add_train_flags(CLI::App& app, TrainFlags& f) {
       ->group(group);
 }
 
+std::string training_config(const ddpm::cli::ModelFlags& model_flags,
+                            const TrainFlags& f) {
+  ddpm::cli::TomlWriter toml;
+  ddpm::cli::write_model_flags(toml, model_flags);
+  toml.add("folder", f.folder)
+      .add("train-batch-size", f.train_batch_size)
+      .add("gradient-accumulate-every", f.gradient_accumulate_every)
+      .add("augment-horizontal-flip", f.augment_horizontal_flip)
+      .add("train-lr", f.train_lr)
+      .add("train-num-steps", f.train_num_steps)
+      .add("ema-update-every", f.ema_update_every)
+      .add("ema-decay", f.ema_decay)
+      .add("adam-betas", f.adam_betas)
+      .add("save-and-sample-every", f.save_and_sample_every)
+      .add("num-samples", f.num_samples)
+      .add("results-folder", f.results_folder)
+      .add("amp", f.amp)
+      .add("mixed-precision-type", f.mixed_precision_type)
+      .add("max-grad-norm", f.max_grad_norm)
+      .add("device", f.device)
+      .add("num-workers", f.num_workers)
+      .add("seed", f.seed);
+  return toml.str();
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -149,10 +174,9 @@ int main(int argc, char** argv) {
         .seed(flags.seed);
     ddpm::Trainer trainer(diffusion, options);
 
-    // The model flags next to the checkpoints let ddpm-sample rebuild the
-    // model with --config.
-    const auto config = app.config_to_str(/*default_also=*/true,
-                                          /*write_description=*/false);
+    // The flags next to the checkpoints let ddpm-sample rebuild the model
+    // and ddpm-train resume with --config.
+    const auto config = training_config(model_flags, flags);
     ddpm::write_file_atomically(
         (std::filesystem::path(flags.results_folder) / "config.toml")
             .string(),

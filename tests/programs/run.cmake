@@ -1,0 +1,118 @@
+# Runs ddpm-export-idx, ddpm-train and ddpm-sample end to end on a tiny
+# data set and checks their output files and error messages.
+#
+# Variables: BIN_DIR (the programs), WORK_DIR (scratch folder).
+
+function(run_program expected_result output_variable)
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE result
+                  OUTPUT_VARIABLE output ERROR_VARIABLE output)
+  if(NOT result EQUAL expected_result)
+    list(JOIN ARGN " " command)
+    message(FATAL_ERROR
+      "${command}\nexited with ${result}, expected ${expected_result}:\n"
+      "${output}")
+  endif()
+  set(${output_variable} "${output}" PARENT_SCOPE)
+endfunction()
+
+function(expect_match text pattern)
+  if(NOT text MATCHES "${pattern}")
+    message(FATAL_ERROR "expected output matching \"${pattern}\", got:\n${text}")
+  endif()
+endfunction()
+
+file(REMOVE_RECURSE "${WORK_DIR}")
+file(MAKE_DIRECTORY "${WORK_DIR}")
+
+# An IDX file of 20 images of 8 x 8 pixels, written byte by byte.
+set(header "00 00 08 03 00 00 00 14 00 00 00 08 00 00 00 08")
+string(REPLACE " " "" hex "${header}")
+foreach(image RANGE 19)
+  foreach(pixel RANGE 63)
+    math(EXPR value "(${image} * 7 + ${pixel} * 3) % 256"
+         OUTPUT_FORMAT HEXADECIMAL)
+    string(SUBSTRING "${value}" 2 -1 digits)
+    string(LENGTH "${digits}" length)
+    if(length EQUAL 1)
+      set(digits "0${digits}")
+    endif()
+    string(APPEND hex "${digits}")
+  endforeach()
+endforeach()
+file(WRITE "${WORK_DIR}/hex.txt" "${hex}")
+execute_process(COMMAND python3 -c
+  "import sys; open(sys.argv[2], 'wb').write(bytes.fromhex(open(sys.argv[1]).read()))"
+  "${WORK_DIR}/hex.txt" "${WORK_DIR}/images.idx" RESULT_VARIABLE result)
+if(NOT result EQUAL 0)
+  message(FATAL_ERROR "could not write the IDX file")
+endif()
+
+run_program(0 out "${BIN_DIR}/ddpm-export-idx" --input "${WORK_DIR}/images.idx"
+            --output "${WORK_DIR}/images")
+expect_match("${out}" "wrote 20 images")
+run_program(0 out "${BIN_DIR}/ddpm-export-idx" --input "${WORK_DIR}/images.idx"
+            --output "${WORK_DIR}/images")
+expect_match("${out}" "already contains the first 20")
+
+set(model_flags --image-size 8 --channels 1 --dim 8 --dim-mults 1 2
+    --timesteps 20 --sampling-timesteps 4)
+run_program(0 out "${BIN_DIR}/ddpm-train" --folder "${WORK_DIR}/images"
+            --results-folder "${WORK_DIR}/results" ${model_flags}
+            --train-batch-size 4 --train-num-steps 4 --save-and-sample-every 2
+            --num-samples 4 --seed 3)
+expect_match("${out}" "step 4/4")
+foreach(name model-1.pt model-2.pt sample-1.png sample-2.png config.toml)
+  if(NOT EXISTS "${WORK_DIR}/results/${name}")
+    message(FATAL_ERROR "ddpm-train did not write ${name}")
+  endif()
+endforeach()
+
+# Resuming continues from the checkpoint's step.
+run_program(0 out "${BIN_DIR}/ddpm-train" --config
+            "${WORK_DIR}/results/config.toml" --resume 2
+            --train-num-steps 6)
+expect_match("${out}" "trained to step 6")
+
+# The model flags come from config.toml; the same seed gives the same file.
+foreach(run a b)
+  run_program(0 out "${BIN_DIR}/ddpm-sample"
+              --checkpoint "${WORK_DIR}/results/model-2.pt"
+              --num-samples 4 --seed 5 --output "${WORK_DIR}/grid-${run}.png")
+endforeach()
+file(SHA256 "${WORK_DIR}/grid-a.png" hash_a)
+file(SHA256 "${WORK_DIR}/grid-b.png" hash_b)
+if(NOT hash_a STREQUAL hash_b)
+  message(FATAL_ERROR "ddpm-sample gave different grids for the same seed")
+endif()
+run_program(0 out "${BIN_DIR}/ddpm-sample"
+            --checkpoint "${WORK_DIR}/results/model-2.pt" --num-samples 3
+            --output-dir "${WORK_DIR}/single" --weights model)
+expect_match("${out}" "wrote 3 images")
+if(NOT EXISTS "${WORK_DIR}/single/000002.png")
+  message(FATAL_ERROR "ddpm-sample did not write one PNG per image")
+endif()
+
+# Errors name the value and what is expected.
+run_program(1 out "${BIN_DIR}/ddpm-train" --folder "${WORK_DIR}/images"
+            --results-folder "${WORK_DIR}/results" ${model_flags}
+            --num-samples 24)
+expect_match("${out}" "num_samples must be a perfect square")
+run_program(1 out "${BIN_DIR}/ddpm-train" --folder "${WORK_DIR}/missing"
+            --results-folder "${WORK_DIR}/results" ${model_flags})
+expect_match("${out}" "image folder does not exist")
+run_program(1 out "${BIN_DIR}/ddpm-train" --folder "${WORK_DIR}/images"
+            --results-folder "${WORK_DIR}/results" --image-size 10
+            --channels 1 --dim 8 --dim-mults 1 2 4)
+expect_match("${out}" "divisible by the Unet's downsample factor 4")
+run_program(1 out "${BIN_DIR}/ddpm-sample"
+            --checkpoint "${WORK_DIR}/results/model-2.pt" --dim 16)
+expect_match("${out}" "with shape \\[8, 1, 7, 7\\], the model expects \\[16, 1, 7, 7\\]")
+run_program(105 out "${BIN_DIR}/ddpm-train" --folder "${WORK_DIR}/images"
+            --objective pred_eps)
+expect_match("${out}" "pred_eps not in")
+
+# Every option has help text with its default.
+run_program(0 out "${BIN_DIR}/ddpm-train" --help)
+expect_match("${out}" "--train-lr FLOAT:POSITIVE=0.0001")
+expect_match("${out}" "--sampling-timesteps")
+message(STATUS "programs work end to end")
