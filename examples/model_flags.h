@@ -5,6 +5,8 @@
 // dashes. ddpm-train writes them to results_folder/config.toml, which
 // ddpm-sample reads with --config.
 
+#include <unistd.h>
+
 #include <charconv>
 #include <cstdio>
 #include <string>
@@ -16,6 +18,7 @@
 #include "ddpm/gaussian_diffusion.h"
 #include "ddpm/log.h"
 #include "ddpm/unet.h"
+#include "validators.h"
 
 namespace ddpm::cli {
 
@@ -55,13 +58,13 @@ inline void add_model_flags(CLI::App& app, ModelFlags& f) {
   const std::string unet = "Unet";
   const std::string diffusion = "Diffusion";
   app.add_option("--dim", f.dim, "Base channel width of the Unet")
-      ->capture_default_str()->group(unet)->check(CLI::PositiveNumber);
+      ->capture_default_str()->group(unet)->check(positive());
   app.add_option("--init-dim", f.init_dim,
                  "Channels after the input convolution (0: --dim)")
-      ->capture_default_str()->group(unet)->check(CLI::NonNegativeNumber);
+      ->capture_default_str()->group(unet)->check(non_negative());
   app.add_option("--out-dim", f.out_dim,
                  "Output channels (0: --channels)")
-      ->capture_default_str()->group(unet)->check(CLI::NonNegativeNumber);
+      ->capture_default_str()->group(unet)->check(non_negative());
   app.add_option("--dim-mults", f.dim_mults,
                  "Width multiplier of each Unet stage, e.g. 1 2 4 8")
       ->capture_default_str()->group(unet)->expected(1, 16);
@@ -74,7 +77,7 @@ inline void add_model_flags(CLI::App& app, ModelFlags& f) {
       ->group(unet);
   app.add_option("--sinusoidal-pos-emb-theta", f.sinusoidal_pos_emb_theta,
                  "Base of the sinusoidal time embedding's frequencies")
-      ->capture_default_str()->group(unet)->check(CLI::PositiveNumber);
+      ->capture_default_str()->group(unet)->check(positive());
   app.add_option("--dropout", f.dropout,
                  "Dropout probability in the residual blocks")
       ->capture_default_str()->group(unet)->check(CLI::Range(0.0, 0.99));
@@ -97,15 +100,15 @@ inline void add_model_flags(CLI::App& app, ModelFlags& f) {
                  "Image size in pixels: one value for square images, or "
                  "height and width")
       ->capture_default_str()->group(diffusion)->expected(1, 2)
-      ->check(CLI::PositiveNumber);
+      ->check(positive());
   app.add_option("--timesteps", f.timesteps,
                  "Steps of the forward noising process")
-      ->capture_default_str()->group(diffusion)->check(CLI::PositiveNumber);
+      ->capture_default_str()->group(diffusion)->check(positive());
   app.add_option("--sampling-timesteps", f.sampling_timesteps,
                  "Denoising steps when sampling; fewer than --timesteps "
                  "selects DDIM (0: --timesteps, ancestral DDPM)")
       ->capture_default_str()->group(diffusion)
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
   app.add_option("--objective", f.objective,
                  "What the Unet predicts: pred_noise, pred_x0 or pred_v")
       ->capture_default_str()->group(diffusion)
@@ -124,11 +127,11 @@ inline void add_model_flags(CLI::App& app, ModelFlags& f) {
       ->capture_default_str()->group(diffusion);
   app.add_option("--sigmoid-tau", f.sigmoid_tau,
                  "Temperature of the sigmoid schedule")
-      ->capture_default_str()->group(diffusion)->check(CLI::PositiveNumber);
+      ->capture_default_str()->group(diffusion)->check(positive());
   app.add_option("--ddim-sampling-eta", f.ddim_sampling_eta,
                  "DDIM noise: 0 deterministic, 1 as much as DDPM")
       ->capture_default_str()->group(diffusion)
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
   app.add_flag("--auto-normalize,!--no-auto-normalize", f.auto_normalize,
                "Map images from [0, 1] to [-1, 1] for the model "
                "(default: on)")
@@ -136,7 +139,7 @@ inline void add_model_flags(CLI::App& app, ModelFlags& f) {
   app.add_option("--offset-noise-strength", f.offset_noise_strength,
                  "Weight of per-channel offset noise in training (0: off)")
       ->capture_default_str()->group(diffusion)
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
   app.add_flag("--min-snr-loss-weight,!--no-min-snr-loss-weight",
                f.min_snr_loss_weight,
                "Clip the loss weight's signal-to-noise ratio at "
@@ -144,7 +147,7 @@ inline void add_model_flags(CLI::App& app, ModelFlags& f) {
       ->group(diffusion);
   app.add_option("--min-snr-gamma", f.min_snr_gamma,
                  "Clipping value of the signal-to-noise ratio")
-      ->capture_default_str()->group(diffusion)->check(CLI::PositiveNumber);
+      ->capture_default_str()->group(diffusion)->check(positive());
   app.add_option("--loss-type", f.loss_type,
                  "Per-pixel loss: l1 (absolute) or l2 (squared)")
       ->capture_default_str()->group(diffusion)
@@ -283,6 +286,18 @@ inline GaussianDiffusion make_diffusion(const ModelFlags& f) {
   return GaussianDiffusion(make_unet(f), options);
 }
 
+// Whether standard error is a terminal, where a progress line is redrawn
+// in place; elsewhere (a log file) progress is printed as plain lines.
+inline bool stderr_is_terminal() {
+  static const bool terminal = ::isatty(2) != 0;
+  return terminal;
+}
+
+// Returns the text that clears a redrawn progress line, if there is one.
+inline const char* clear_line() {
+  return stderr_is_terminal() ? "\r\033[K" : "";
+}
+
 // Shows library messages on standard error, one line each.
 inline void show_library_messages(bool verbose) {
   set_log_sink([verbose](LogLevel level, const std::string& message) {
@@ -290,7 +305,7 @@ inline void show_library_messages(bool verbose) {
         (level == LogLevel::kInfo && !verbose)) {
       return;
     }
-    std::fprintf(stderr, "\r\033[K%s: %s\n", to_string(level),
+    std::fprintf(stderr, "%s%s: %s\n", clear_line(), to_string(level),
                  message.c_str());
   });
 }
@@ -317,7 +332,10 @@ inline std::string format_duration(double seconds) {
 // Progress callback that redraws one line on standard error.
 inline SampleCallback sampling_progress_line(const std::string& label) {
   return [label](const SampleProgress& p) {
-    std::fprintf(stderr, "\r\033[K%s step %lld/%lld, %.2f steps/s",
+    if (!stderr_is_terminal() && p.step != p.total) {
+      return;
+    }
+    std::fprintf(stderr, "%s%s step %lld/%lld, %.2f steps/s", clear_line(),
                  label.c_str(), static_cast<long long>(p.step),
                  static_cast<long long>(p.total), p.steps_per_second);
     if (p.step == p.total) {

@@ -64,6 +64,27 @@ ddpm::StateDict select_weights(const ddpm::Checkpoint& checkpoint,
   return state;
 }
 
+// Checks where the images will go before spending time on sampling.
+void check_output(const SampleFlags& flags) {
+  std::error_code error;
+  if (!flags.output_dir.empty()) {
+    fs::create_directories(flags.output_dir, error);
+    TORCH_CHECK(!error && fs::is_directory(flags.output_dir),
+                "cannot create output folder \"", flags.output_dir, "\": ",
+                error ? error.message() : "a file has that name");
+    return;
+  }
+  auto folder = fs::path(flags.output).parent_path();
+  if (folder.empty()) {
+    folder = ".";
+  }
+  TORCH_CHECK(fs::is_directory(folder, error), "folder of --output \"",
+              flags.output, "\" does not exist; create it first");
+  TORCH_CHECK(!fs::is_directory(flags.output, error), "--output \"",
+              flags.output, "\" is a folder; name a .png file, or use "
+              "--output-dir for one PNG per image");
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -97,10 +118,10 @@ int main(int argc, char** argv) {
       ->capture_default_str()->group(group)
       ->check(CLI::IsMember({"ema", "model"}));
   app.add_option("--num-samples", flags.num_samples, "Images to draw")
-      ->capture_default_str()->group(group)->check(CLI::PositiveNumber);
+      ->capture_default_str()->group(group)->check(ddpm::cli::positive());
   app.add_option("--batch-size", flags.batch_size,
                  "Images denoised at once")
-      ->capture_default_str()->group(group)->check(CLI::PositiveNumber);
+      ->capture_default_str()->group(group)->check(ddpm::cli::positive());
   app.add_option("--output", flags.output,
                  "Grid PNG to write, ceil(sqrt(num-samples)) images per row")
       ->capture_default_str()->group(group);
@@ -109,15 +130,17 @@ int main(int argc, char** argv) {
                  "folder instead of a grid")
       ->group(group);
   app.add_option("--seed", flags.seed,
-                 "Seed of the noise; the same seed gives the same images")
+                 "Seed of the noise; the same seed and batch size give the "
+                 "same images")
       ->capture_default_str()->group(group);
   app.add_option("--device", flags.device, "Device, e.g. cpu or cuda:0")
       ->capture_default_str()->group(group);
   app.add_option("--threads", flags.threads,
                  "Threads for tensor operations (0: LibTorch's default)")
-      ->capture_default_str()->group(group)->check(CLI::NonNegativeNumber);
+      ->capture_default_str()->group(group)->check(ddpm::cli::non_negative());
   app.add_flag("--verbose", flags.verbose, "Show informational messages")
       ->group(group);
+  ddpm::cli::take_last_repeated_values(app);
   CLI11_PARSE(app, argc, argv);
 
   ddpm::cli::show_library_messages(flags.verbose);
@@ -125,6 +148,7 @@ int main(int argc, char** argv) {
     if (flags.threads > 0) {
       torch::set_num_threads(int(flags.threads));
     }
+    check_output(flags);
     auto diffusion = ddpm::cli::make_diffusion(model_flags);
     auto checkpoint = ddpm::load_checkpoint(flags.checkpoint);
     ddpm::load_module_state_dict(
@@ -147,7 +171,6 @@ int main(int argc, char** argv) {
     auto images = torch::cat(batches, 0);
 
     if (!flags.output_dir.empty()) {
-      fs::create_directories(flags.output_dir);
       for (int64_t i = 0; i < images.size(0); ++i) {
         char name[32];
         std::snprintf(name, sizeof(name), "%06lld.png",

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <stdexcept>
 #include <string>
 
 #include <CLI/CLI.hpp>
@@ -38,6 +39,7 @@ struct TrainFlags {
   int64_t threads = 0;
   uint64_t seed = 0;
   std::string resume;
+  bool overwrite = false;
   bool verbose = false;
 };
 
@@ -48,22 +50,22 @@ void add_train_flags(CLI::App& app, TrainFlags& f) {
       ->required()->group(group);
   app.add_option("--train-batch-size", f.train_batch_size,
                  "Images per micro-batch")
-      ->capture_default_str()->group(group)->check(CLI::PositiveNumber);
+      ->capture_default_str()->group(group)->check(ddpm::cli::positive());
   app.add_option("--gradient-accumulate-every", f.gradient_accumulate_every,
                  "Micro-batches per optimizer step")
-      ->capture_default_str()->group(group)->check(CLI::PositiveNumber);
+      ->capture_default_str()->group(group)->check(ddpm::cli::positive());
   app.add_flag("--augment-horizontal-flip,!--no-augment-horizontal-flip",
                f.augment_horizontal_flip,
                "Flip training images horizontally at random (default: on)")
       ->group(group);
   app.add_option("--train-lr", f.train_lr, "Adam learning rate")
-      ->capture_default_str()->group(group)->check(CLI::PositiveNumber);
+      ->capture_default_str()->group(group)->check(ddpm::cli::positive());
   app.add_option("--train-num-steps", f.train_num_steps,
                  "Optimizer steps to train for, counted from step 0")
-      ->capture_default_str()->group(group)->check(CLI::NonNegativeNumber);
+      ->capture_default_str()->group(group)->check(ddpm::cli::non_negative());
   app.add_option("--ema-update-every", f.ema_update_every,
                  "Steps between EMA updates")
-      ->capture_default_str()->group(group)->check(CLI::PositiveNumber);
+      ->capture_default_str()->group(group)->check(ddpm::cli::positive());
   app.add_option("--ema-decay", f.ema_decay, "Largest EMA decay")
       ->capture_default_str()->group(group)->check(CLI::Range(0.0, 1.0));
   app.add_option("--adam-betas", f.adam_betas, "Adam beta1 and beta2")
@@ -71,10 +73,10 @@ void add_train_flags(CLI::App& app, TrainFlags& f) {
       ->check(CLI::Range(0.0, 0.999999));
   app.add_option("--save-and-sample-every", f.save_and_sample_every,
                  "Steps between sample grids and checkpoints")
-      ->capture_default_str()->group(group)->check(CLI::PositiveNumber);
+      ->capture_default_str()->group(group)->check(ddpm::cli::positive());
   app.add_option("--num-samples", f.num_samples,
                  "EMA samples per grid; a perfect square")
-      ->capture_default_str()->group(group)->check(CLI::PositiveNumber);
+      ->capture_default_str()->group(group)->check(ddpm::cli::positive());
   app.add_option("--results-folder", f.results_folder,
                  "Folder for model-N.pt, sample-N.png and config.toml")
       ->capture_default_str()->group(group);
@@ -88,23 +90,46 @@ void add_train_flags(CLI::App& app, TrainFlags& f) {
       ->check(CLI::IsMember({"fp16", "bf16"}));
   app.add_option("--max-grad-norm", f.max_grad_norm,
                  "Clip the gradient norm to this (0: no clipping)")
-      ->capture_default_str()->group(group)->check(CLI::NonNegativeNumber);
+      ->capture_default_str()->group(group)->check(ddpm::cli::non_negative());
   app.add_option("--device", f.device, "Device, e.g. cpu or cuda:0")
       ->capture_default_str()->group(group);
   app.add_option("--num-workers", f.num_workers,
                  "Threads that decode and augment images")
-      ->capture_default_str()->group(group)->check(CLI::NonNegativeNumber);
+      ->capture_default_str()->group(group)->check(ddpm::cli::non_negative());
   app.add_option("--threads", f.threads,
                  "Threads for tensor operations (0: LibTorch's default)")
-      ->capture_default_str()->group(group)->check(CLI::NonNegativeNumber);
+      ->capture_default_str()->group(group)->check(ddpm::cli::non_negative());
   app.add_option("--seed", f.seed,
                  "Seed of the weights, the noise and the data order")
       ->capture_default_str()->group(group);
   app.add_option("--resume", f.resume,
                  "Continue from results-folder/model-MILESTONE.pt")
       ->group(group);
+  app.add_flag("--overwrite", f.overwrite,
+               "Start afresh even though the results folder contains "
+               "checkpoints, replacing them (default: refuse)")
+      ->group(group);
   app.add_flag("--verbose", f.verbose, "Show informational messages")
       ->group(group);
+}
+
+// Rejects a fresh run into a results folder that already contains
+// checkpoints, which it would overwrite one by one.
+void check_no_old_checkpoints(const TrainFlags& flags) {
+  if (!flags.resume.empty() || flags.overwrite) {
+    return;
+  }
+  std::error_code error;
+  for (const auto& entry :
+       std::filesystem::directory_iterator(flags.results_folder, error)) {
+    const auto name = entry.path().filename().string();
+    if (name.rfind("model-", 0) == 0 && entry.path().extension() == ".pt") {
+      throw std::runtime_error(
+          "results folder \"" + flags.results_folder + "\" already contains " +
+          name + "; pass --resume MILESTONE to continue that run, "
+          "--overwrite to replace it, or another --results-folder");
+    }
+  }
 }
 
 std::string training_config(const ddpm::cli::ModelFlags& model_flags,
@@ -143,6 +168,7 @@ int main(int argc, char** argv) {
   TrainFlags flags;
   ddpm::cli::add_model_flags(app, model_flags);
   add_train_flags(app, flags);
+  ddpm::cli::take_last_repeated_values(app);
   CLI11_PARSE(app, argc, argv);
 
   ddpm::cli::show_library_messages(flags.verbose);
@@ -172,32 +198,41 @@ int main(int argc, char** argv) {
         .device(torch::Device(flags.device))
         .num_workers(flags.num_workers)
         .seed(flags.seed);
+    check_no_old_checkpoints(flags);
     ddpm::Trainer trainer(diffusion, options);
+    if (!flags.resume.empty()) {
+      trainer.load(flags.resume);
+    }
 
     // The flags next to the checkpoints let ddpm-sample rebuild the model
-    // and ddpm-train resume with --config.
+    // and ddpm-train resume with --config. They are written only once the
+    // data and any resumed checkpoint loaded, so a failed start leaves an
+    // earlier run's config.toml alone.
     const auto config = training_config(model_flags, flags);
     ddpm::write_file_atomically(
         (std::filesystem::path(flags.results_folder) / "config.toml")
             .string(),
         std::vector<char>(config.begin(), config.end()));
-
-    if (!flags.resume.empty()) {
-      trainer.load(flags.resume);
-    }
     trainer.model()->set_sample_callback(
         ddpm::cli::sampling_progress_line("sampling"));
     trainer.ema_model()->set_sample_callback(
         ddpm::cli::sampling_progress_line("sampling"));
 
     trainer.set_progress_callback([](const ddpm::TrainProgress& p) {
+      // Off a terminal, one line every 100 steps keeps logs short.
+      const bool terminal = ddpm::cli::stderr_is_terminal();
+      if (!terminal && p.step % 100 != 0 && p.step != p.total_steps &&
+          !p.checkpoint_path) {
+        return;
+      }
       std::fprintf(stderr,
-                   "\r\033[Kstep %lld/%lld  loss %.4f  %.2f steps/s  "
-                   "data wait %.0f ms  left %s",
-                   static_cast<long long>(p.step),
+                   "%sstep %lld/%lld  loss %.4f  %.2f steps/s  "
+                   "data wait %.0f ms  left %s%s",
+                   ddpm::cli::clear_line(), static_cast<long long>(p.step),
                    static_cast<long long>(p.total_steps), p.loss,
                    p.steps_per_second, p.data_wait_seconds * 1000.0,
-                   ddpm::cli::format_duration(p.seconds_left).c_str());
+                   ddpm::cli::format_duration(p.seconds_left).c_str(),
+                   terminal ? "" : "\n");
       if (p.checkpoint_path) {
         std::fprintf(stderr, "\nsaved %s\n", p.checkpoint_path->c_str());
       }

@@ -24,7 +24,7 @@ start=$(date +%s)
   --image-size 28 --channels 1 --dim 32 --dim-mults 1 2 4 \
   --train-batch-size 32 --train-lr 1e-3 --train-num-steps "$STEPS" \
   --ema-update-every 1 --save-and-sample-every 800 --num-samples 36 \
-  --sampling-timesteps 100 --amp --seed 0 "$@"
+  --sampling-timesteps 100 --amp --seed 0 --overwrite "$@"
 
 latest=$(ls "$RESULTS_DIR"/model-*.pt | sort -V | tail -n 1)
 "$BUILD_DIR/examples/ddpm-sample" --checkpoint "$latest" \

@@ -315,6 +315,10 @@ Checkpoint load_checkpoint(const std::string& path) {
   c10::IValue value;
   try {
     value = torch::pickle_load(bytes);
+  } catch (const c10::Error& error) {
+    TORCH_CHECK(false, "checkpoint \"", path,
+                "\" is truncated or not a torch.save file: ",
+                error.what_without_backtrace());
   } catch (const std::exception& error) {
     TORCH_CHECK(false, "checkpoint \"", path,
                 "\" is truncated or not a torch.save file: ", error.what());

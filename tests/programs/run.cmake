@@ -53,6 +53,13 @@ expect_match("${out}" "wrote 20 images")
 run_program(0 out "${BIN_DIR}/ddpm-export-idx" --input "${WORK_DIR}/images.idx"
             --output "${WORK_DIR}/images")
 expect_match("${out}" "already contains the first 20")
+# An export with a different limit writes again.
+run_program(0 out "${BIN_DIR}/ddpm-export-idx" --input "${WORK_DIR}/images.idx"
+            --output "${WORK_DIR}/images" --limit 5)
+expect_match("${out}" "wrote 5 images")
+run_program(0 out "${BIN_DIR}/ddpm-export-idx" --input "${WORK_DIR}/images.idx"
+            --output "${WORK_DIR}/images")
+expect_match("${out}" "wrote 20 images")
 
 set(model_flags --image-size 8 --channels 1 --dim 8 --dim-mults 1 2
     --timesteps 20 --sampling-timesteps 4)
@@ -61,6 +68,11 @@ run_program(0 out "${BIN_DIR}/ddpm-train" --folder "${WORK_DIR}/images"
             --train-batch-size 4 --train-num-steps 4 --save-and-sample-every 2
             --num-samples 4 --seed 3)
 expect_match("${out}" "step 4/4")
+string(ASCII 27 escape)
+string(FIND "${out}" "${escape}" escape_at)
+if(NOT escape_at EQUAL -1)
+  message(FATAL_ERROR "terminal escape codes in output sent to a pipe")
+endif()
 foreach(name model-1.pt model-2.pt sample-1.png sample-2.png config.toml)
   if(NOT EXISTS "${WORK_DIR}/results/${name}")
     message(FATAL_ERROR "ddpm-train did not write ${name}")
@@ -92,21 +104,59 @@ if(NOT EXISTS "${WORK_DIR}/single/000002.png")
   message(FATAL_ERROR "ddpm-sample did not write one PNG per image")
 endif()
 
+# A fresh run does not overwrite an earlier run's checkpoints, and a failed
+# start leaves its config.toml alone.
+file(READ "${WORK_DIR}/results/config.toml" config_before)
+run_program(1 out "${BIN_DIR}/ddpm-train" --folder "${WORK_DIR}/images"
+            --results-folder "${WORK_DIR}/results" ${model_flags} --dim 16)
+expect_match("${out}" "already contains model-[0-9]+\\.pt; pass --resume")
+run_program(1 out "${BIN_DIR}/ddpm-train" --folder "${WORK_DIR}/images"
+            --results-folder "${WORK_DIR}/results" ${model_flags} --dim 16
+            --resume 2)
+expect_match("${out}" "the model expects \\[16, 1, 7, 7\\]")
+file(READ "${WORK_DIR}/results/config.toml" config_after)
+if(NOT config_before STREQUAL config_after)
+  message(FATAL_ERROR "a failed start rewrote config.toml")
+endif()
+
+# The output location is checked before sampling.
+run_program(1 out "${BIN_DIR}/ddpm-sample"
+            --checkpoint "${WORK_DIR}/results/model-2.pt"
+            --output "${WORK_DIR}/missing/grid.png")
+expect_match("${out}" "folder of --output .* does not exist")
+if(out MATCHES "DDIM step")
+  message(FATAL_ERROR "ddpm-sample sampled before checking --output")
+endif()
+
+# A truncated checkpoint is named without a C++ stack trace.
+execute_process(COMMAND python3 -c
+  "import sys; d = open(sys.argv[1], 'rb').read(); open(sys.argv[2], 'wb').write(d[:len(d) // 2])"
+  "${WORK_DIR}/results/model-2.pt" "${WORK_DIR}/truncated.pt")
+run_program(1 out "${BIN_DIR}/ddpm-sample" --checkpoint "${WORK_DIR}/truncated.pt"
+            --config "${WORK_DIR}/results/config.toml")
+expect_match("${out}" "is truncated or not a torch.save file")
+if(out MATCHES "frame #")
+  message(FATAL_ERROR "the error shows a stack trace:\n${out}")
+endif()
+
 # Errors name the value and what is expected.
 run_program(1 out "${BIN_DIR}/ddpm-train" --folder "${WORK_DIR}/images"
-            --results-folder "${WORK_DIR}/results" ${model_flags}
+            --results-folder "${WORK_DIR}/results-errors" ${model_flags}
             --num-samples 24)
 expect_match("${out}" "num_samples must be a perfect square")
 run_program(1 out "${BIN_DIR}/ddpm-train" --folder "${WORK_DIR}/missing"
-            --results-folder "${WORK_DIR}/results" ${model_flags})
+            --results-folder "${WORK_DIR}/results-errors" ${model_flags})
 expect_match("${out}" "image folder does not exist")
 run_program(1 out "${BIN_DIR}/ddpm-train" --folder "${WORK_DIR}/images"
-            --results-folder "${WORK_DIR}/results" --image-size 10
+            --results-folder "${WORK_DIR}/results-errors" --image-size 10
             --channels 1 --dim 8 --dim-mults 1 2 4)
 expect_match("${out}" "divisible by the Unet's downsample factor 4")
 run_program(1 out "${BIN_DIR}/ddpm-sample"
             --checkpoint "${WORK_DIR}/results/model-2.pt" --dim 16)
 expect_match("${out}" "with shape \\[8, 1, 7, 7\\], the model expects \\[16, 1, 7, 7\\]")
+run_program(105 out "${BIN_DIR}/ddpm-train" --folder "${WORK_DIR}/images"
+            --dim 0)
+expect_match("${out}" "--dim: must be positive, got 0")
 run_program(105 out "${BIN_DIR}/ddpm-train" --folder "${WORK_DIR}/images"
             --objective pred_eps)
 expect_match("${out}" "pred_eps not in")
