@@ -164,6 +164,8 @@ int main(int argc, char** argv) {
   app.set_config("--config", "",
                  "Read options from a TOML file such as a results folder's "
                  "config.toml");
+  // A misspelt key in a config file fails instead of being ignored.
+  app.allow_config_extras(CLI::config_extras_mode::error);
   ddpm::cli::ModelFlags model_flags;
   TrainFlags flags;
   ddpm::cli::add_model_flags(app, model_flags);

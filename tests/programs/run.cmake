@@ -161,6 +161,11 @@ run_program(105 out "${BIN_DIR}/ddpm-train" --folder "${WORK_DIR}/images"
             --objective pred_eps)
 expect_match("${out}" "pred_eps not in")
 
+file(WRITE "${WORK_DIR}/typo.toml" "dimm=8\n")
+run_program(110 out "${BIN_DIR}/ddpm-train" --folder "${WORK_DIR}/images"
+            --config "${WORK_DIR}/typo.toml")
+expect_match("${out}" "dimm")
+
 # Every option has help text with its default.
 run_program(0 out "${BIN_DIR}/ddpm-train" --help)
 expect_match("${out}" "--train-lr FLOAT:POSITIVE=0.0001")
