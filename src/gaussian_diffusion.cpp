@@ -430,6 +430,8 @@ std::pair<torch::Tensor, torch::Tensor> GaussianDiffusionImpl::ddim_step(
 torch::Tensor GaussianDiffusionImpl::p_sample_loop(torch::IntArrayRef shape,
                                                    bool return_all_timesteps) {
   c10::InferenceMode inference;
+  // Random draws, in the Python order: the starting noise, then one
+  // randn_like per step with t > 0 (inside p_sample).
   auto img = torch::randn(shape, torch::TensorOptions().device(device()));
   std::vector<torch::Tensor> imgs;
   if (return_all_timesteps) {
@@ -452,6 +454,8 @@ torch::Tensor GaussianDiffusionImpl::p_sample_loop(torch::IntArrayRef shape,
 torch::Tensor GaussianDiffusionImpl::ddim_sample(torch::IntArrayRef shape,
                                                  bool return_all_timesteps) {
   c10::InferenceMode inference;
+  // Random draws, in the Python order: the starting noise, then one
+  // randn_like per step whose next time is not -1 (inside ddim_step).
   auto img = torch::randn(shape, torch::TensorOptions().device(device()));
   std::vector<torch::Tensor> imgs;
   if (return_all_timesteps) {

@@ -1,14 +1,11 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include "ddpm/io/checkpoint.h"
 #include "ddpm/unet.h"
 #include "test_util.h"
 
 namespace ddpm {
 namespace {
-
-using ddpm::testing::load_fixture;
 
 class UnetTest : public ::testing::Test {
  protected:
@@ -106,37 +103,6 @@ TEST_F(UnetTest, RejectsIndivisibleInput) {
   DDPM_EXPECT_THROW_WITH(
       unet(torch::randn({1, 3, 8, 8}), torch::tensor({1}, torch::kLong)),
       "must have 1 channels, got 3");
-}
-
-// Loads a state dict and inputs written by the Python package and compares
-// the outputs.
-void expect_python_parity(const std::string& fixture, UnetOptions options) {
-  auto record = load_fixture(fixture).toGenericDict();
-  StateDict state;
-  for (const auto& entry : record.at("state").toGenericDict()) {
-    state.insert(entry.key().toStringRef(), entry.value().toTensor());
-  }
-  Unet unet(options);
-  unet->eval();
-  EXPECT_EQ(module_state_dict(*unet).size(), state.size());
-  load_module_state_dict(*unet, state, fixture);
-
-  auto x = record.at("x").toTensor();
-  auto time = record.at("time").toTensor();
-  auto expected = record.at("out").toTensor();
-  torch::NoGradGuard no_grad;
-  auto out = unet(x, time);
-  const double difference = (out - expected).abs().max().item<double>();
-  EXPECT_LE(difference, 1e-5) << fixture;
-}
-
-TEST_F(UnetTest, MatchesPythonTwoStages) {
-  expect_python_parity("unet_small.pt",
-                       UnetOptions(8).dim_mults({1, 2}).channels(1));
-}
-
-TEST_F(UnetTest, MatchesPythonFourStages) {
-  expect_python_parity("unet_four_stages.pt", UnetOptions(8).channels(3));
 }
 
 } // namespace
