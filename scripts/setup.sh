@@ -11,6 +11,9 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD_DIR=${DDPM_BUILD_DIR:-$ROOT/build}
 TORCH_VERSION=2.15.0
+# The Python package this library mirrors: the interoperability test and
+# tests/fixtures/generate.py use it.
+PYTHON_PACKAGE=denoising-diffusion-pytorch==2.3.4
 DEBIAN_PACKAGES=(cmake g++ make python3-venv libcli11-dev libstb-dev
                  googletest libgtest-dev zlib1g-dev)
 
@@ -47,17 +50,22 @@ torch_prefix() {
   fi
 }
 
-install_torch() {
+install_python_packages() {
   if [ -n "${Torch_DIR:-}${CMAKE_PREFIX_PATH:-}" ]; then
     return
   fi
-  if "$ROOT/.venv/bin/python" -c "import torch" 2>/dev/null; then
-    return
+  if ! "$ROOT/.venv/bin/python" -c "import torch" 2>/dev/null; then
+    echo "setup: creating $ROOT/.venv with torch $TORCH_VERSION"
+    python3 -m venv "$ROOT/.venv"
+    "$ROOT/.venv/bin/python" -m pip install -q --upgrade pip
+    "$ROOT/.venv/bin/python" -m pip install -q "torch==$TORCH_VERSION"
   fi
-  echo "setup: creating $ROOT/.venv with torch $TORCH_VERSION"
-  python3 -m venv "$ROOT/.venv"
-  "$ROOT/.venv/bin/python" -m pip install -q --upgrade pip
-  "$ROOT/.venv/bin/python" -m pip install -q "torch==$TORCH_VERSION"
+  if ! "$ROOT/.venv/bin/python" -c "import denoising_diffusion_pytorch" \
+      2>/dev/null; then
+    echo "setup: installing $PYTHON_PACKAGE into $ROOT/.venv"
+    "$ROOT/.venv/bin/python" -m pip install -q "$PYTHON_PACKAGE" \
+      "torch==$TORCH_VERSION"
+  fi
 }
 
 build() {
@@ -71,5 +79,5 @@ build() {
 }
 
 install_debian_packages "${DEBIAN_PACKAGES[@]}" "$@"
-install_torch
+install_python_packages
 build

@@ -1,10 +1,12 @@
 #include <filesystem>
 #include <fstream>
 
+#include <caffe2/serialize/inline_container.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include "ddpm/io/checkpoint.h"
+#include "ddpm/io/torch_pickle.h"
 #include "test_util.h"
 
 namespace ddpm {
@@ -138,6 +140,57 @@ TEST_F(CheckpointTest, UnwritableFolderNamesPath) {
   DDPM_EXPECT_THROW_WITH(
       save_checkpoint(checkpoint, (blocker / "model-1.pt").string()),
       "cannot create");
+}
+
+// Writes a torch.save-style archive whose data.pkl is `pickle`.
+std::string write_archive(const TemporaryFolder& folder,
+                          const std::string& pickle) {
+  const auto path = (folder.path() / "crafted.pt").string();
+  caffe2::serialize::PyTorchStreamWriter writer(path);
+  writer.writeRecord("data.pkl", pickle.data(), pickle.size());
+  writer.writeEndOfFile();
+  return path;
+}
+
+TEST_F(CheckpointTest, ReaderRejectsUnsupportedGlobal) {
+  TemporaryFolder folder;
+  // PROTO 2, GLOBAL os system, SHORT_BINUNICODE "true", TUPLE1, REDUCE, STOP
+  const std::string pickle =
+      std::string("\x80\x02", 2) + "cos\nsystem\n" + "\x8c\x04true" +
+      "\x85R.";
+  DDPM_EXPECT_THROW_WITH(read_torch_save(write_archive(folder, pickle)),
+                         "unsupported global \"os system\"");
+}
+
+TEST_F(CheckpointTest, ReaderRejectsTruncatedPickle) {
+  TemporaryFolder folder;
+  // PROTO 2, BINUNICODE of 100 bytes with only 3 present
+  const std::string pickle =
+      std::string("\x80\x02X\x64\x00\x00\x00abc", 10);
+  DDPM_EXPECT_THROW_WITH(read_torch_save(write_archive(folder, pickle)),
+                         "at byte 7: the data ends early");
+}
+
+TEST_F(CheckpointTest, ReaderReadsPlainValues) {
+  TemporaryFolder folder;
+  // {"a": [1, -2, 3.5, None, True], "b": (7,)}, as pickle opcodes.
+  const std::vector<unsigned char> bytes = {
+      0x80, 0x02, '}', '(', 0x8c, 0x01, 'a', ']', '(',     // dict, "a", list
+      'K', 0x01, 'J', 0xfe, 0xff, 0xff, 0xff,               // 1, -2
+      'G', 0x40, 0x0c, 0, 0, 0, 0, 0, 0,                    // 3.5
+      'N', 0x88, 'e',                                       // None, True
+      0x8c, 0x01, 'b', 'K', 0x07, 0x85, 'u', '.'};          // "b", (7,)
+  const std::string pickle(bytes.begin(), bytes.end());
+  auto value = read_torch_save(write_archive(folder, pickle));
+  auto dict = value.toGenericDict();
+  auto list = dict.at("a").toList();
+  ASSERT_EQ(list.size(), 5u);
+  EXPECT_EQ(c10::IValue(list.get(0)).toInt(), 1);
+  EXPECT_EQ(c10::IValue(list.get(1)).toInt(), -2);
+  EXPECT_DOUBLE_EQ(c10::IValue(list.get(2)).toDouble(), 3.5);
+  EXPECT_TRUE(c10::IValue(list.get(3)).isNone());
+  EXPECT_TRUE(c10::IValue(list.get(4)).toBool());
+  EXPECT_EQ(dict.at("b").toTupleRef().elements()[0].toInt(), 7);
 }
 
 } // namespace

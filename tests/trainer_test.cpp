@@ -140,6 +140,40 @@ TEST_F(TrainerTest, LoadRestoresEveryPart) {
   EXPECT_EQ(adam.step(), 12);
 }
 
+TEST_F(TrainerTest, ResumesPythonTrainerCheckpoint) {
+  // model-1.pt written by the Python Trainer.save after 3 steps (see
+  // tests/fixtures/generate.py): an OrderedDict state dict, Adam state with
+  // tensor steps, the EMA with its online copy, and no scaler.
+  GaussianDiffusion diffusion(
+      Unet(UnetOptions(8).dim_mults({1, 2}).channels(1).attn_dim_head({8})),
+      GaussianDiffusionOptions(8).timesteps(20).sampling_timesteps(4));
+  Trainer trainer(diffusion, small_options());
+  fs::copy_file(ddpm::testing::fixture_path("python_trainer_model-1.pt"),
+                results_.path() / "model-1.pt");
+  trainer.load("1");
+
+  auto expected =
+      ddpm::testing::load_fixture("python_trainer_expected.pt")
+          .toGenericDict();
+  EXPECT_EQ(trainer.step(), expected.at("step").toInt());
+  EXPECT_EQ(trainer.ema().step(), 3);
+  const auto& first = trainer.optimizer().param_groups()[0].params()[0];
+  const auto& adam = static_cast<const torch::optim::AdamParamState&>(
+      *trainer.optimizer().state().at(first.unsafeGetTensorImpl()));
+  EXPECT_EQ(adam.step(), 3);
+
+  // The EMA weights sample what Python sampled from the same seed.
+  torch::manual_seed(expected.at("seed").toInt());
+  auto samples = trainer.ema_model()->sample(2);
+  const double difference =
+      (samples - expected.at("samples").toTensor()).abs().max().item<double>();
+  EXPECT_LE(difference, 1e-4);
+
+  // Training continues from there.
+  EXPECT_TRUE(std::isfinite(trainer.train_step()));
+  EXPECT_EQ(trainer.step(), 4);
+}
+
 TEST_F(TrainerTest, MismatchedCheckpointNamesKeyAndShapes) {
   {
     Trainer trainer(small_diffusion(8), small_options());

@@ -1,5 +1,7 @@
 #include "ddpm/io/checkpoint.h"
 
+#include "ddpm/io/torch_pickle.h"
+
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -306,22 +308,20 @@ void save_checkpoint(const Checkpoint& checkpoint, const std::string& path) {
 }
 
 Checkpoint load_checkpoint(const std::string& path) {
-  std::ifstream file(path, std::ios::binary);
-  TORCH_CHECK(file, system_error("cannot open checkpoint", path));
-  std::vector<char> bytes((std::istreambuf_iterator<char>(file)),
-                          std::istreambuf_iterator<char>());
-  TORCH_CHECK(!bytes.empty(), "checkpoint \"", path, "\" is empty");
+  std::error_code error;
+  TORCH_CHECK(std::filesystem::is_regular_file(path, error),
+              "cannot open checkpoint \"", path, "\": no such file");
+  TORCH_CHECK(std::filesystem::file_size(path, error) > 0, "checkpoint \"",
+              path, "\" is empty");
 
+  // Python's torch.save files (OrderedDict state dicts) and ours alike.
   c10::IValue value;
   try {
-    value = torch::pickle_load(bytes);
+    value = read_torch_save(path);
   } catch (const c10::Error& error) {
     TORCH_CHECK(false, "checkpoint \"", path,
                 "\" is truncated or not a torch.save file: ",
                 error.what_without_backtrace());
-  } catch (const std::exception& error) {
-    TORCH_CHECK(false, "checkpoint \"", path,
-                "\" is truncated or not a torch.save file: ", error.what());
   }
   TORCH_CHECK(value.isGenericDict(), "checkpoint \"", path,
               "\" does not hold a dictionary");
