@@ -38,6 +38,10 @@ struct TrainFlags {
   int64_t num_workers = 2;
   int64_t threads = 0;
   uint64_t seed = 0;
+  std::string lr_schedule = "constant";
+  int64_t lr_warmup_steps = 0;
+  double lr_min = 0.0;
+  int64_t keep_last_checkpoints = 0;
   std::string resume;
   bool overwrite = false;
   bool verbose = false;
@@ -102,8 +106,27 @@ void add_train_flags(CLI::App& app, TrainFlags& f) {
   app.add_option("--seed", f.seed,
                  "Seed of the weights, the noise and the data order")
       ->capture_default_str()->group(group);
+  app.add_option("--lr-schedule", f.lr_schedule,
+                 "Learning-rate schedule: constant, warmup (linear over "
+                 "--lr-warmup-steps) or cosine (warm-up, then cosine decay "
+                 "to --lr-min)")
+      ->capture_default_str()->group(group)
+      ->check(CLI::IsMember({"constant", "warmup", "cosine"}));
+  app.add_option("--lr-warmup-steps", f.lr_warmup_steps,
+                 "Steps of linear learning-rate warm-up")
+      ->capture_default_str()->group(group)
+      ->check(ddpm::cli::non_negative());
+  app.add_option("--lr-min", f.lr_min,
+                 "Learning rate at the end of the cosine decay")
+      ->capture_default_str()->group(group)
+      ->check(ddpm::cli::non_negative());
+  app.add_option("--keep-last-checkpoints", f.keep_last_checkpoints,
+                 "Checkpoints to keep, newest first (0: all)")
+      ->capture_default_str()->group(group)
+      ->check(ddpm::cli::non_negative());
   app.add_option("--resume", f.resume,
-                 "Continue from results-folder/model-MILESTONE.pt")
+                 "Continue from results-folder/model-MILESTONE.pt, or the "
+                 "newest one with 'latest'")
       ->group(group);
   app.add_flag("--overwrite", f.overwrite,
                "Start afresh even though the results folder contains "
@@ -153,7 +176,11 @@ std::string training_config(const ddpm::cli::ModelFlags& model_flags,
       .add("max-grad-norm", f.max_grad_norm)
       .add("device", f.device)
       .add("num-workers", f.num_workers)
-      .add("seed", f.seed);
+      .add("seed", f.seed)
+      .add("lr-schedule", f.lr_schedule)
+      .add("lr-warmup-steps", f.lr_warmup_steps)
+      .add("lr-min", f.lr_min)
+      .add("keep-last-checkpoints", f.keep_last_checkpoints);
   return toml.str();
 }
 
@@ -199,7 +226,11 @@ int main(int argc, char** argv) {
         .max_grad_norm(flags.max_grad_norm)
         .device(torch::Device(flags.device))
         .num_workers(flags.num_workers)
-        .seed(flags.seed);
+        .seed(flags.seed)
+        .lr_schedule(ddpm::lr_schedule_from_string(flags.lr_schedule))
+        .lr_warmup_steps(flags.lr_warmup_steps)
+        .lr_min(flags.lr_min)
+        .keep_last_checkpoints(flags.keep_last_checkpoints);
     check_no_old_checkpoints(flags);
     ddpm::Trainer trainer(diffusion, options);
     if (!flags.resume.empty()) {

@@ -2,7 +2,10 @@
 
 #include <ATen/autocast_mode.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cctype>
+#include <limits>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -91,6 +94,32 @@ GaussianDiffusion make_copy(const GaussianDiffusion& model) {
 
 } // namespace
 
+std::string to_string(LrSchedule schedule) {
+  switch (schedule) {
+    case LrSchedule::kConstant:
+      return "constant";
+    case LrSchedule::kWarmup:
+      return "warmup";
+    case LrSchedule::kCosine:
+      return "cosine";
+  }
+  TORCH_CHECK(false, "unknown LrSchedule value ", int(schedule));
+}
+
+LrSchedule lr_schedule_from_string(const std::string& name) {
+  if (name == "constant") {
+    return LrSchedule::kConstant;
+  }
+  if (name == "warmup") {
+    return LrSchedule::kWarmup;
+  }
+  if (name == "cosine") {
+    return LrSchedule::kCosine;
+  }
+  TORCH_CHECK(false, "unknown learning-rate schedule \"", name,
+              "\": expected constant, warmup or cosine");
+}
+
 std::string to_string(MixedPrecision precision) {
   return precision == MixedPrecision::kFloat16 ? "fp16" : "bf16";
 }
@@ -137,6 +166,15 @@ Trainer::Trainer(GaussianDiffusion diffusion, TrainerOptions options)
               "adam_betas must be in [0, 1), got (", beta1, ", ", beta2, ")");
   TORCH_CHECK(o.num_workers() >= 0, "num_workers must be non-negative, got ",
               o.num_workers());
+  TORCH_CHECK(o.lr_warmup_steps() >= 0,
+              "lr_warmup_steps must be non-negative, got ",
+              o.lr_warmup_steps());
+  TORCH_CHECK(o.lr_min() >= 0 && o.lr_min() <= o.train_lr(),
+              "lr_min must be in [0, train_lr = ", o.train_lr(), "], got ",
+              o.lr_min());
+  TORCH_CHECK(o.keep_last_checkpoints() >= 0,
+              "keep_last_checkpoints must be non-negative, got ",
+              o.keep_last_checkpoints());
   if (o.train_batch_size() * o.gradient_accumulate_every() < 16) {
     log_warning("effective batch size train_batch_size x "
                 "gradient_accumulate_every = " +
@@ -201,6 +239,79 @@ Trainer::Trainer(GaussianDiffusion diffusion, TrainerOptions options)
                       : std::string()));
 }
 
+double Trainer::learning_rate_at(int64_t step) const {
+  const double base = options_.train_lr();
+  const int64_t warmup = options_.lr_warmup_steps();
+  if (options_.lr_schedule() == LrSchedule::kConstant) {
+    return base;
+  }
+  if (step < warmup) {
+    return base * double(step + 1) / double(warmup);
+  }
+  if (options_.lr_schedule() == LrSchedule::kWarmup) {
+    return base;
+  }
+  const int64_t decay_steps =
+      std::max<int64_t>(1, options_.train_num_steps() - warmup - 1);
+  const double progress =
+      std::min(1.0, double(step - warmup) / double(decay_steps));
+  const double lr_min = options_.lr_min();
+  return lr_min + 0.5 * (base - lr_min) * (1 + std::cos(M_PI * progress));
+}
+
+// Numbers N of the model-N.pt files in `folder`, ascending.
+static std::vector<int64_t> numbered_checkpoints(const std::string& folder) {
+  std::vector<int64_t> numbers;
+  std::error_code error;
+  for (const auto& entry : fs::directory_iterator(folder, error)) {
+    const auto name = entry.path().filename().string();
+    if (name.size() <= 9 || name.rfind("model-", 0) != 0 ||
+        name.compare(name.size() - 3, 3, ".pt") != 0) {
+      continue;
+    }
+    const auto digits = name.substr(6, name.size() - 9);
+    if (!digits.empty() && digits.size() < 19 &&
+        std::all_of(digits.begin(), digits.end(), ::isdigit)) {
+      numbers.push_back(std::stoll(digits));
+    }
+  }
+  std::sort(numbers.begin(), numbers.end());
+  return numbers;
+}
+
+void Trainer::remove_old_checkpoints() {
+  const int64_t keep = options_.keep_last_checkpoints();
+  if (keep <= 0) {
+    return;
+  }
+  auto numbers = numbered_checkpoints(options_.results_folder());
+  for (size_t i = 0; i + size_t(keep) < numbers.size(); ++i) {
+    std::error_code error;
+    fs::remove(checkpoint_path(std::to_string(numbers[i])), error);
+    if (error) {
+      log_warning("could not remove old checkpoint \"" +
+                  checkpoint_path(std::to_string(numbers[i])) +
+                  "\": " + error.message());
+    }
+  }
+}
+
+void Trainer::append_metrics(const TrainProgress& p) {
+  const auto path = fs::path(options_.results_folder()) / "metrics.jsonl";
+  std::ofstream file(path, std::ios::app);
+  char line[512];
+  std::snprintf(line, sizeof(line),
+                "{\"step\": %lld, \"loss\": %.9g, \"lr\": %.9g, "
+                "\"grad_norm\": %.9g, \"steps_per_second\": %.6g, "
+                "\"data_wait_seconds\": %.6g, \"ema_decay\": %.9g}\n",
+                static_cast<long long>(p.step), p.loss, p.learning_rate,
+                p.grad_norm, p.steps_per_second, p.data_wait_seconds,
+                p.ema_decay);
+  file << line;
+  file.flush();
+  TORCH_CHECK(file.good(), "failed to append to \"", path.string(), "\"");
+}
+
 std::string Trainer::checkpoint_path(const std::string& milestone) const {
   return (fs::path(options_.results_folder()) / ("model-" + milestone + ".pt"))
       .string();
@@ -242,8 +353,13 @@ double Trainer::train_step() {
 
   // Unscale before clipping, so the norm is that of the true gradients.
   scaler_.unscale_(parameters_);
-  if (options_.max_grad_norm() > 0) {
-    torch::nn::utils::clip_grad_norm_(parameters_, options_.max_grad_norm());
+  last_grad_norm_ = torch::nn::utils::clip_grad_norm_(
+      parameters_,
+      options_.max_grad_norm() > 0 ? options_.max_grad_norm()
+                                   : std::numeric_limits<double>::infinity());
+  last_learning_rate_ = learning_rate_at(step_);
+  for (auto& group : optimizer_->param_groups()) {
+    group.options().set_lr(last_learning_rate_);
   }
   const bool stepped = scaler_.step(*optimizer_, parameters_);
   scaler_.update();
@@ -306,7 +422,14 @@ std::string Trainer::save(const std::string& milestone) {
   return path;
 }
 
-void Trainer::load(const std::string& milestone) {
+void Trainer::load(const std::string& milestone_in) {
+  std::string milestone = milestone_in;
+  if (milestone == "latest") {
+    auto numbers = numbered_checkpoints(options_.results_folder());
+    TORCH_CHECK(!numbers.empty(), "load(\"latest\"): no model-N.pt in \"",
+                options_.results_folder(), "\"");
+    milestone = std::to_string(numbers.back());
+  }
   const auto path = checkpoint_path(milestone);
   auto checkpoint = load_checkpoint(path);
   load_module_state_dict(*model_, checkpoint.model,
@@ -335,6 +458,9 @@ void Trainer::train() {
     progress.total_steps = total;
     progress.loss = loss;
     progress.data_wait_seconds = last_wait_seconds_;
+    progress.learning_rate = last_learning_rate_;
+    progress.grad_norm = last_grad_norm_;
+    progress.ema_decay = ema_->current_decay();
     const double elapsed = seconds_between(start, Clock::now());
     progress.steps_per_second =
         elapsed > 0 ? double(step_ - first_step) / elapsed : 0.0;
@@ -346,6 +472,10 @@ void Trainer::train() {
       const int64_t milestone = step_ / options_.save_and_sample_every();
       save_and_sample(milestone);
       progress.checkpoint_path = checkpoint_path(std::to_string(milestone));
+      remove_old_checkpoints();
+    }
+    if (options_.write_metrics()) {
+      append_metrics(progress);
     }
     if (progress_callback_) {
       progress_callback_(progress);

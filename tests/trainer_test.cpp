@@ -196,6 +196,73 @@ TEST_F(TrainerTest, BfloatAutocastStepStaysFinite) {
   }
 }
 
+TEST_F(TrainerTest, LearningRateSchedules) {
+  auto options = small_options().train_lr(1e-3).train_num_steps(11);
+  Trainer constant(small_diffusion(), options);
+  EXPECT_DOUBLE_EQ(constant.learning_rate_at(0), 1e-3);
+
+  Trainer warmup(small_diffusion(), options.lr_schedule(LrSchedule::kWarmup)
+                                        .lr_warmup_steps(4));
+  EXPECT_DOUBLE_EQ(warmup.learning_rate_at(0), 0.25e-3);
+  EXPECT_DOUBLE_EQ(warmup.learning_rate_at(3), 1e-3);
+  EXPECT_DOUBLE_EQ(warmup.learning_rate_at(9), 1e-3);
+
+  // Warm-up over 4 steps, then cosine from step 4 to the last step, 10.
+  Trainer cosine(small_diffusion(), options.lr_schedule(LrSchedule::kCosine)
+                                        .lr_warmup_steps(4)
+                                        .lr_min(1e-4));
+  EXPECT_DOUBLE_EQ(cosine.learning_rate_at(1), 0.5e-3);
+  EXPECT_DOUBLE_EQ(cosine.learning_rate_at(4), 1e-3);
+  EXPECT_NEAR(cosine.learning_rate_at(7), 1e-4 + 0.5 * 9e-4, 1e-12);
+  EXPECT_NEAR(cosine.learning_rate_at(10), 1e-4, 1e-12);
+
+  // The optimizer runs with the scheduled rate.
+  cosine.train_step();
+  const auto& group = cosine.optimizer().param_groups()[0];
+  EXPECT_DOUBLE_EQ(group.options().get_lr(), 0.25e-3);
+  DDPM_EXPECT_THROW_WITH(
+      Trainer(small_diffusion(), small_options().lr_min(1.0)),
+      "lr_min must be in [0, train_lr = 0.001], got 1");
+}
+
+TEST_F(TrainerTest, KeepsLastCheckpointsAndLoadsLatest) {
+  Trainer trainer(small_diffusion(), small_options()
+                                         .save_and_sample_every(1)
+                                         .train_num_steps(5)
+                                         .keep_last_checkpoints(2));
+  trainer.train();
+  for (int i = 1; i <= 5; ++i) {
+    EXPECT_EQ(fs::exists(results_.path() /
+                         ("model-" + std::to_string(i) + ".pt")),
+              i >= 4)
+        << i;
+  }
+  Trainer resumed(small_diffusion(), small_options());
+  resumed.load("latest");
+  EXPECT_EQ(resumed.step(), 5);
+
+  TemporaryFolder empty;
+  Trainer fresh(small_diffusion(), small_options().results_folder(empty.str()));
+  DDPM_EXPECT_THROW_WITH(fresh.load("latest"), "no model-N.pt in");
+}
+
+TEST_F(TrainerTest, MetricsFileHasOneLinePerStep) {
+  Trainer trainer(small_diffusion(), small_options().train_num_steps(3));
+  trainer.train();
+  std::ifstream file(results_.path() / "metrics.jsonl");
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(file, line);) {
+    lines.push_back(line);
+  }
+  ASSERT_EQ(lines.size(), 3u);
+  EXPECT_EQ(lines[2].rfind("{\"step\": 3, \"loss\": ", 0), 0u) << lines[2];
+  for (const char* key : {"\"lr\": 0.001,", "\"grad_norm\": ",
+                          "\"steps_per_second\": ", "\"data_wait_seconds\": ",
+                          "\"ema_decay\": "}) {
+    EXPECT_NE(lines[2].find(key), std::string::npos) << key;
+  }
+}
+
 TEST_F(TrainerTest, RejectsNonSquareNumSamples) {
   DDPM_EXPECT_THROW_WITH(Trainer(small_diffusion(),
                                  small_options().num_samples(24)),

@@ -23,6 +23,16 @@ namespace ddpm {
 /// bfloat16; float16 with loss scaling applies to CUDA.
 enum class MixedPrecision { kFloat16, kBFloat16 };
 
+/// Learning-rate schedule over train_num_steps: constant, a linear warm-up
+/// over lr_warmup_steps, or that warm-up followed by a cosine decay to
+/// lr_min at the last step.
+enum class LrSchedule { kConstant, kWarmup, kCosine };
+
+/// Returns "constant", "warmup" or "cosine".
+std::string to_string(LrSchedule schedule);
+/// Parses "constant", "warmup" or "cosine"; throws naming the value.
+LrSchedule lr_schedule_from_string(const std::string& name);
+
 /// Returns "fp16" or "bf16".
 std::string to_string(MixedPrecision precision);
 /// Parses "fp16" or "bf16"; throws naming the value and the choices.
@@ -77,6 +87,14 @@ struct TrainerOptions {
   TORCH_ARG(int64_t, cache_max_bytes) = int64_t{2} << 30;
   /// Seed of the data order and flips.
   TORCH_ARG(uint64_t, seed) = 0;
+  /// Learning-rate schedule; warm-up steps; the floor of the cosine decay.
+  TORCH_ARG(LrSchedule, lr_schedule) = LrSchedule::kConstant;
+  TORCH_ARG(int64_t, lr_warmup_steps) = 0;
+  TORCH_ARG(double, lr_min) = 0.0;
+  /// Checkpoints to keep in results_folder, newest first (0: all).
+  TORCH_ARG(int64_t, keep_last_checkpoints) = 0;
+  /// Append one JSON line per step to results_folder/metrics.jsonl.
+  TORCH_ARG(bool, write_metrics) = true;
 };
 
 /// State of training, passed to a TrainCallback after each step.
@@ -88,6 +106,11 @@ struct TrainProgress {
   double seconds_left = 0.0;
   /// Seconds the step waited for the data loader, summed over micro-batches.
   double data_wait_seconds = 0.0;
+  /// Learning rate of the step, global gradient norm before clipping, and
+  /// the EMA decay the step's update used (0 while the EMA copies).
+  double learning_rate = 0.0;
+  double grad_norm = 0.0;
+  double ema_decay = 0.0;
   /// Set when this step wrote a sample grid and a checkpoint.
   std::optional<std::string> checkpoint_path;
 };
@@ -114,8 +137,12 @@ class Trainer {
   /// Writes results_folder/model-<milestone>.pt.
   std::string save(const std::string& milestone);
   /// Restores step, model, optimizer, EMA and scaler from
-  /// results_folder/model-<milestone>.pt.
+  /// results_folder/model-<milestone>.pt; "latest" picks the highest
+  /// numbered one.
   void load(const std::string& milestone);
+
+  /// Learning rate of the schedule at a 0-based step.
+  double learning_rate_at(int64_t step) const;
 
   /// Draws num_samples EMA images in batches of train_batch_size; returns
   /// [num_samples, C, H, W] in [0, 1].
@@ -139,6 +166,8 @@ class Trainer {
  private:
   torch::Tensor next_batch(double& wait_seconds);
   void save_and_sample(int64_t milestone);
+  void remove_old_checkpoints();
+  void append_metrics(const TrainProgress& progress);
 
   TrainerOptions options_;
   GaussianDiffusion model_;
@@ -152,6 +181,8 @@ class Trainer {
   TrainCallback progress_callback_;
   int64_t step_ = 0;
   double last_wait_seconds_ = 0.0;
+  double last_grad_norm_ = 0.0;
+  double last_learning_rate_ = 0.0;
   bool autocast_ = false;
   torch::ScalarType autocast_dtype_ = torch::kBFloat16;
 };
