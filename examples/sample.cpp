@@ -13,6 +13,7 @@
 
 #include "ddpm/io/checkpoint.h"
 #include "ddpm/io/image.h"
+#include "ddpm/io/safetensors.h"
 #include "model_flags.h"
 
 namespace {
@@ -26,6 +27,7 @@ struct SampleFlags {
   int64_t batch_size = 16;
   std::string output = "samples.png";
   std::string output_dir;
+  std::string save_safetensors;
   uint64_t seed = 0;
   std::string device = "cpu";
   int64_t threads = 0;
@@ -113,6 +115,9 @@ int main(int argc, char** argv) {
   app.add_option("--checkpoint", flags.checkpoint,
                  "model-N.pt written by ddpm-train or the Python Trainer")
       ->required()->group(group)->check(CLI::ExistingFile);
+  app.get_option("--checkpoint")
+      ->description("model-N.pt written by ddpm-train or the Python Trainer, "
+                    "or a .safetensors file of GaussianDiffusion weights");
   app.add_option("--weights", flags.weights,
                  "Weights to sample with: ema or model")
       ->capture_default_str()->group(group)
@@ -128,6 +133,10 @@ int main(int argc, char** argv) {
   app.add_option("--output-dir", flags.output_dir,
                  "Write one PNG per image (000000.png, ...) into this "
                  "folder instead of a grid")
+      ->group(group);
+  app.add_option("--save-safetensors", flags.save_safetensors,
+                 "Also write the selected weights (state-dict keys of the "
+                 "Python GaussianDiffusion) to this .safetensors file")
       ->group(group);
   app.add_option("--seed", flags.seed,
                  "Seed of the noise; the same seed and batch size give the "
@@ -150,11 +159,18 @@ int main(int argc, char** argv) {
     }
     check_output(flags);
     auto diffusion = ddpm::cli::make_diffusion(model_flags);
-    auto checkpoint = ddpm::load_checkpoint(flags.checkpoint);
-    ddpm::load_module_state_dict(
-        *diffusion, select_weights(checkpoint, flags.weights,
-                                   flags.checkpoint),
-        "checkpoint \"" + flags.checkpoint + "\"");
+    const bool safetensors =
+        fs::path(flags.checkpoint).extension() == ".safetensors";
+    const auto weights = safetensors
+        ? ddpm::load_safetensors(flags.checkpoint)
+        : select_weights(ddpm::load_checkpoint(flags.checkpoint),
+                         flags.weights, flags.checkpoint);
+    ddpm::load_module_state_dict(*diffusion, weights,
+                                 "checkpoint \"" + flags.checkpoint + "\"");
+    if (!flags.save_safetensors.empty()) {
+      ddpm::save_safetensors(weights, flags.save_safetensors,
+                             {{"format", "pt"}});
+    }
     const torch::Device device(flags.device);
     diffusion->to(device);
     diffusion->eval();

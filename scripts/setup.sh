@@ -15,7 +15,7 @@ TORCH_VERSION=2.15.0
 # tests/fixtures/generate.py use it.
 PYTHON_PACKAGE=denoising-diffusion-pytorch==2.3.4
 DEBIAN_PACKAGES=(cmake g++ make python3-venv libcli11-dev libstb-dev
-                 googletest libgtest-dev zlib1g-dev)
+                 googletest libgtest-dev zlib1g-dev nlohmann-json3-dev)
 
 missing_packages() {
   local package

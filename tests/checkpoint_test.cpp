@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include "ddpm/io/checkpoint.h"
+#include "ddpm/io/safetensors.h"
 #include "ddpm/io/torch_pickle.h"
 #include "test_util.h"
 
@@ -140,6 +141,43 @@ TEST_F(CheckpointTest, UnwritableFolderNamesPath) {
   DDPM_EXPECT_THROW_WITH(
       save_checkpoint(checkpoint, (blocker / "model-1.pt").string()),
       "cannot create");
+}
+
+TEST_F(CheckpointTest, SafetensorsRoundTrip) {
+  TemporaryFolder folder;
+  StateDict tensors;
+  tensors.insert("model.weight", torch::randn({3, 4}));
+  tensors.insert("steps", torch::arange(5, torch::kLong));
+  tensors.insert("half", torch::randn({2}).to(torch::kBFloat16));
+  tensors.insert("empty", torch::zeros({0, 3}));
+  const auto path = (folder.path() / "w.safetensors").string();
+  save_safetensors(tensors, path, {{"format", "pt"}});
+  auto loaded = load_safetensors(path);
+  ASSERT_EQ(loaded.size(), tensors.size());
+  for (const auto& item : tensors) {
+    EXPECT_TRUE(torch::equal(loaded[item.key()], item.value())) << item.key();
+    EXPECT_EQ(loaded[item.key()].scalar_type(), item.value().scalar_type());
+  }
+  // The data starts 8-byte aligned after the header.
+  std::ifstream file(path, std::ios::binary);
+  uint64_t header = 0;
+  file.read(reinterpret_cast<char*>(&header), 8);
+  EXPECT_EQ(header % 8, 0u);
+}
+
+TEST_F(CheckpointTest, SafetensorsRejectsDamagedFiles) {
+  TemporaryFolder folder;
+  StateDict tensors;
+  tensors.insert("w", torch::randn({64}));
+  const auto path = (folder.path() / "w.safetensors").string();
+  save_safetensors(tensors, path);
+  std::filesystem::resize_file(path, std::filesystem::file_size(path) - 4);
+  DDPM_EXPECT_THROW_WITH(load_safetensors(path),
+                         "\"w\" has byte range outside the 252 bytes");
+  std::filesystem::resize_file(path, 20);
+  DDPM_EXPECT_THROW_WITH(load_safetensors(path), "is truncated");
+  std::ofstream(path) << std::string("\x04\0\0\0\0\0\0\0{{{{", 12);
+  DDPM_EXPECT_THROW_WITH(load_safetensors(path), "malformed header");
 }
 
 // Writes a torch.save-style archive whose data.pkl is `pickle`.

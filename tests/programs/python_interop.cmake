@@ -31,5 +31,19 @@ run("${BIN_DIR}/ddpm-train" --folder "${WORK_DIR}/images"
     --train-batch-size 4 --train-num-steps 12 --save-and-sample-every 12
     --ema-update-every 1 --num-samples 4 --seed 1)
 run("${BIN_DIR}/ddpm-sample" --checkpoint "${WORK_DIR}/results/model-1.pt"
-    --num-samples 4 --seed 9 --output-dir "${WORK_DIR}/samples")
-run("${PYTHON}" "${SCRIPT}" "${WORK_DIR}/results" 1 "${WORK_DIR}/samples" 9)
+    --num-samples 4 --seed 9 --output-dir "${WORK_DIR}/samples"
+    --save-safetensors "${WORK_DIR}/ema.safetensors")
+run("${PYTHON}" "${SCRIPT}" "${WORK_DIR}/results" 1 "${WORK_DIR}/samples" 9
+    "${WORK_DIR}/ema.safetensors" "${WORK_DIR}/python.safetensors")
+
+# Weights that Python's safetensors wrote sample the same images in C++.
+run("${BIN_DIR}/ddpm-sample" --checkpoint "${WORK_DIR}/python.safetensors"
+    --config "${WORK_DIR}/results/config.toml"
+    --num-samples 4 --seed 9 --output-dir "${WORK_DIR}/samples-python")
+foreach(i 000000 000001 000002 000003)
+  file(SHA256 "${WORK_DIR}/samples/${i}.png" first)
+  file(SHA256 "${WORK_DIR}/samples-python/${i}.png" second)
+  if(NOT first STREQUAL second)
+    message(FATAL_ERROR "${i}.png differs after the safetensors round trip")
+  endif()
+endforeach()
