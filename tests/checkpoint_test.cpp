@@ -77,6 +77,26 @@ TEST_F(CheckpointTest, SaveLoadRoundTrip) {
   EXPECT_TRUE(torch::equal(net->weight, copy->weight));
 }
 
+TEST_F(CheckpointTest, UnknownVersionNamesFileAndVersion) {
+  TemporaryFolder folder;
+  Checkpoint checkpoint;
+  torch::nn::Linear net(2, 2);
+  checkpoint.model = module_state_dict(*net);
+  const auto path = (folder.path() / "model-1.pt").string();
+  for (const char* version : {"2.3.4", "1.10.9", "ddpm-cpp 0.7.0"}) {
+    checkpoint.version = version;
+    save_checkpoint(checkpoint, path);
+    EXPECT_EQ(load_checkpoint(path).version, version);
+  }
+  for (const char* version : {"ddpm-cpp 1.0.0", "3.0.0", "nightly"}) {
+    checkpoint.version = version;
+    save_checkpoint(checkpoint, path);
+    DDPM_EXPECT_THROW_WITH(load_checkpoint(path),
+                           "checkpoint \"" + path +
+                               "\" has unknown version \"" + version + "\"");
+  }
+}
+
 TEST_F(CheckpointTest, NoTemporaryFileLeftBehind) {
   TemporaryFolder folder;
   Checkpoint checkpoint;

@@ -98,6 +98,27 @@ std::vector<char> pickle_for_python(const c10::IValue& value) {
   return archive;
 }
 
+// Accepts checkpoints of this library's format (ddpm-cpp 0.x) and of the
+// Python package's releases 1.x and 2.x, whose Trainer layout it reads; an
+// absent version (older Python releases) is accepted too.
+void check_known_version(const std::string& version, const std::string& path) {
+  if (version.empty()) {
+    return;
+  }
+  const std::string ours = "ddpm-cpp ";
+  if (version.rfind(ours, 0) == 0) {
+    TORCH_CHECK(version.compare(ours.size(), 2, "0.") == 0, "checkpoint \"",
+                path, "\" has unknown version \"", version,
+                "\": this library reads ddpm-cpp 0.x and "
+                "denoising-diffusion-pytorch 1.x and 2.x checkpoints");
+    return;
+  }
+  TORCH_CHECK(version.rfind("1.", 0) == 0 || version.rfind("2.", 0) == 0,
+              "checkpoint \"", path, "\" has unknown version \"", version,
+              "\": this library reads ddpm-cpp 0.x and "
+              "denoising-diffusion-pytorch 1.x and 2.x checkpoints");
+}
+
 } // namespace
 
 const char* library_version() { return "ddpm-cpp 0.1.0"; }
@@ -348,6 +369,7 @@ Checkpoint load_checkpoint(const std::string& path) {
   if (version != dict.end() && version->value().isString()) {
     checkpoint.version = version->value().toStringRef();
   }
+  check_known_version(checkpoint.version, path);
   return checkpoint;
 }
 
