@@ -4,7 +4,7 @@ checks that the Python package samples the same images as ddpm-sample.
     python load_cpp_checkpoint.py RESULTS_FOLDER MILESTONE SAMPLES_FOLDER SEED \
         CPP_SAFETENSORS PYTHON_SAFETENSORS
 
-RESULTS_FOLDER holds model-MILESTONE.pt from ddpm-train run with
+RESULTS_FOLDER contains model-MILESTONE.pt from ddpm-train run with
 --image-size 8 --channels 1 --dim 8 --dim-mults 1 2 --attn-dim-head 8
 --timesteps 20 --sampling-timesteps 4; SAMPLES_FOLDER holds the
 000000.png, ... that `ddpm-sample --seed SEED --num-samples 4` wrote.

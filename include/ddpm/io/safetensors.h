@@ -16,7 +16,7 @@ void save_safetensors(const StateDict& tensors, const std::string& path,
 
 /// Reads a safetensors file into CPU tensors. Throws naming the file and
 /// the cause for a truncated file, a malformed header, an unsupported
-/// dtype, or byte ranges that overlap or leave the data.
+/// dtype, or a byte range that leaves the data or does not match the shape.
 StateDict load_safetensors(const std::string& path);
 
 } // namespace ddpm

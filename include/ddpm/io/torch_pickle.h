@@ -7,10 +7,10 @@
 namespace ddpm {
 
 /// Reads a file written by Python's torch.save (the zip format of PyTorch
-/// 1.6 and later) into an IValue: dicts and OrderedDicts become generic
-/// dicts, lists and tuples become lists and tuples, tensors keep their
-/// dtype, shape and strides (on the CPU), and int, float, bool, str and None
-/// map to themselves.
+/// 1.6 and later) into an IValue. Dicts and OrderedDicts become generic
+/// dicts, and lists and tuples stay lists and tuples. Tensors come back
+/// contiguous on the CPU with their dtype and shape. Int, float, bool, str
+/// and None map to themselves.
 ///
 /// It is a complete reader for the part of the pickle protocol that
 /// torch.save emits for state dicts, optimizer states and checkpoints, and
