@@ -1,5 +1,6 @@
 #include "ddpm/trainer.h"
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/autocast_mode.h>
 
 #include <algorithm>
@@ -325,6 +326,7 @@ torch::Tensor Trainer::next_batch(double& wait_seconds) {
     loader.prefetch = options_.prefetch();
     loader.augment_horizontal_flip = options_.augment_horizontal_flip();
     loader.seed = options_.seed();
+    loader.start_batch = data_start_batch_;
     loader_ = std::make_unique<BatchLoader>(dataset_, loader);
   }
   const double before = loader_->wait_seconds();
@@ -417,6 +419,13 @@ std::string Trainer::save(const std::string& milestone) {
     state.growth_tracker = scaler_.growth_tracker();
     checkpoint.scaler = state;
   }
+  {
+    auto generator = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(generator.mutex());
+    checkpoint.rng_state = generator.get_state();
+  }
+  checkpoint.data_batches =
+      loader_ ? loader_->batches_consumed() : data_start_batch_;
   const auto path = checkpoint_path(milestone);
   save_checkpoint(checkpoint, path);
   return path;
@@ -440,6 +449,16 @@ void Trainer::load(const std::string& milestone_in) {
     scaler_.load(checkpoint.scaler->scale, checkpoint.scaler->growth_tracker);
   }
   step_ = checkpoint.step;
+  // Continue the random numbers and the batch sequence where they stopped,
+  // so a resumed run equals an uninterrupted one bit for bit on the CPU.
+  if (checkpoint.rng_state.defined()) {
+    auto generator = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(generator.mutex());
+    generator.set_state(checkpoint.rng_state);
+  }
+  data_start_batch_ = checkpoint.data_batches.value_or(
+      step_ * options_.gradient_accumulate_every());
+  loader_.reset();
   log_info("loaded \"" + path + "\" at step " + std::to_string(step_) +
            (checkpoint.version.empty() ? std::string()
                                        : ", version " + checkpoint.version));

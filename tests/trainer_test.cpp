@@ -140,6 +140,30 @@ TEST_F(TrainerTest, LoadRestoresEveryPart) {
   EXPECT_EQ(adam.step(), 12);
 }
 
+TEST_F(TrainerTest, ResumeIsBitwiseExact) {
+  auto options = small_options().train_num_steps(6).save_and_sample_every(3);
+  torch::manual_seed(1);
+  Trainer uninterrupted(small_diffusion(), options);
+  uninterrupted.train();
+
+  torch::manual_seed(2); // a different initialisation, replaced by load()
+  Trainer resumed(small_diffusion(), options);
+  resumed.load("1");
+  EXPECT_EQ(resumed.step(), 3);
+  resumed.train();
+
+  auto expected = uninterrupted.model()->named_parameters();
+  for (const auto& item : resumed.model()->named_parameters()) {
+    EXPECT_TRUE(torch::equal(item.value(), expected[item.key()]))
+        << item.key();
+  }
+  auto expected_ema = uninterrupted.ema_model()->named_parameters();
+  for (const auto& item : resumed.ema_model()->named_parameters()) {
+    EXPECT_TRUE(torch::equal(item.value(), expected_ema[item.key()]))
+        << item.key();
+  }
+}
+
 TEST_F(TrainerTest, ResumesPythonTrainerCheckpoint) {
   // model-1.pt written by the Python Trainer.save after 3 steps (see
   // tests/fixtures/generate.py): an OrderedDict state dict, Adam state with

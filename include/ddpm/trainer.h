@@ -182,6 +182,7 @@ class Trainer {
   int64_t step_ = 0;
   double last_wait_seconds_ = 0.0;
   double last_grad_norm_ = 0.0;
+  int64_t data_start_batch_ = 0;
   double last_learning_rate_ = 0.0;
   bool autocast_ = false;
   torch::ScalarType autocast_dtype_ = torch::kBFloat16;

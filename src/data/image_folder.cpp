@@ -202,6 +202,10 @@ BatchLoader::BatchLoader(std::shared_ptr<ImageFolder> dataset,
               "num_workers must be at least 0, got ", options_.num_workers);
   TORCH_CHECK(options_.prefetch >= 1, "prefetch must be at least 1, got ",
               options_.prefetch);
+  TORCH_CHECK(options_.start_batch >= 0,
+              "start_batch must be at least 0, got ", options_.start_batch);
+  next_to_claim_ = options_.start_batch;
+  next_to_consume_ = options_.start_batch;
 
   try {
     for (int64_t i = 0; i < options_.num_workers; ++i) {

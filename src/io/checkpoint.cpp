@@ -325,6 +325,12 @@ void save_checkpoint(const Checkpoint& checkpoint, const std::string& path) {
   }
   dict.insert("version", checkpoint.version.empty() ? library_version()
                                                     : checkpoint.version);
+  if (checkpoint.rng_state.defined()) {
+    dict.insert("rng_state", checkpoint.rng_state.cpu());
+  }
+  if (checkpoint.data_batches) {
+    dict.insert("data_batches", *checkpoint.data_batches);
+  }
   write_file_atomically(path, pickle_for_python(dict));
 }
 
@@ -370,6 +376,14 @@ Checkpoint load_checkpoint(const std::string& path) {
     checkpoint.version = version->value().toStringRef();
   }
   check_known_version(checkpoint.version, path);
+  auto rng_state = dict.find("rng_state");
+  if (rng_state != dict.end() && rng_state->value().isTensor()) {
+    checkpoint.rng_state = rng_state->value().toTensor();
+  }
+  auto data_batches = dict.find("data_batches");
+  if (data_batches != dict.end() && data_batches->value().isInt()) {
+    checkpoint.data_batches = data_batches->value().toInt();
+  }
   return checkpoint;
 }
 

@@ -3,6 +3,8 @@
 #
 # Variables: BIN_DIR (the programs), WORK_DIR (scratch folder).
 
+include(${CMAKE_CURRENT_LIST_DIR}/common.cmake)
+
 function(run_program expected_result output_variable)
   execute_process(COMMAND ${ARGN} RESULT_VARIABLE result
                   OUTPUT_VARIABLE output ERROR_VARIABLE output)
@@ -24,28 +26,7 @@ endfunction()
 file(REMOVE_RECURSE "${WORK_DIR}")
 file(MAKE_DIRECTORY "${WORK_DIR}")
 
-# An IDX file of 20 images of 8 x 8 pixels, written byte by byte.
-set(header "00 00 08 03 00 00 00 14 00 00 00 08 00 00 00 08")
-string(REPLACE " " "" hex "${header}")
-foreach(image RANGE 19)
-  foreach(pixel RANGE 63)
-    math(EXPR value "(${image} * 7 + ${pixel} * 3) % 256"
-         OUTPUT_FORMAT HEXADECIMAL)
-    string(SUBSTRING "${value}" 2 -1 digits)
-    string(LENGTH "${digits}" length)
-    if(length EQUAL 1)
-      set(digits "0${digits}")
-    endif()
-    string(APPEND hex "${digits}")
-  endforeach()
-endforeach()
-file(WRITE "${WORK_DIR}/hex.txt" "${hex}")
-execute_process(COMMAND python3 -c
-  "import sys; open(sys.argv[2], 'wb').write(bytes.fromhex(open(sys.argv[1]).read()))"
-  "${WORK_DIR}/hex.txt" "${WORK_DIR}/images.idx" RESULT_VARIABLE result)
-if(NOT result EQUAL 0)
-  message(FATAL_ERROR "could not write the IDX file")
-endif()
+write_idx_images("${WORK_DIR}/images.idx" 20 7)
 
 run_program(0 out "${BIN_DIR}/ddpm-export-idx" --input "${WORK_DIR}/images.idx"
             --output "${WORK_DIR}/images")

@@ -75,6 +75,9 @@ struct BatchLoaderOptions {
   /// Seeds the shuffle order and the flips, so a run is reproducible
   /// whatever the number of workers.
   uint64_t seed = 0;
+  /// Index of the first batch to produce, so that a resumed run continues
+  /// the same sequence of batches.
+  int64_t start_batch = 0;
 };
 
 /// Endless stream of shuffled batches from an ImageFolder, prepared on

@@ -53,6 +53,10 @@ struct Checkpoint {
   StateDict ema;
   std::optional<ScalerState> scaler;
   std::string version;
+  /// For exact resumption (extra keys, which the Python Trainer ignores):
+  /// the CPU generator's state and the number of batches drawn so far.
+  torch::Tensor rng_state;
+  std::optional<int64_t> data_batches;
 };
 
 /// Writes `checkpoint` in the zip-based format of torch.save, so that
