@@ -336,13 +336,32 @@ torch::Tensor Trainer::next_batch(double& wait_seconds) {
 }
 
 double Trainer::train_step() {
+  double wait_seconds = 0.0;
+  const double loss =
+      run_step([&](int64_t) { return next_batch(wait_seconds); });
+  last_wait_seconds_ = wait_seconds;
+  return loss;
+}
+
+double Trainer::train_step(const torch::Tensor& batch) {
+  const int64_t accumulate = options_.gradient_accumulate_every();
+  TORCH_CHECK(batch.dim() == 4 && batch.size(0) % accumulate == 0,
+              "train_step needs a batch [B, C, H, W] with B divisible by "
+              "gradient_accumulate_every = ", accumulate, ", got ",
+              batch.sizes());
+  auto chunks = batch.to(options_.device()).chunk(accumulate, 0);
+  last_wait_seconds_ = 0.0;
+  return run_step([&](int64_t i) { return chunks[i]; });
+}
+
+double Trainer::run_step(
+    const std::function<torch::Tensor(int64_t)>& micro_batch) {
   model_->train();
   double total_loss = 0.0;
-  double wait_seconds = 0.0;
   const int64_t accumulate = options_.gradient_accumulate_every();
 
   for (int64_t i = 0; i < accumulate; ++i) {
-    auto data = next_batch(wait_seconds);
+    auto data = micro_batch(i);
     torch::Tensor loss;
     {
       AutocastScope autocast(autocast_, options_.device().type(),
@@ -374,7 +393,6 @@ double Trainer::train_step() {
 
   ++step_;
   ema_->update();
-  last_wait_seconds_ = wait_seconds;
   return total_loss;
 }
 

@@ -287,6 +287,17 @@ TEST_F(TrainerTest, MetricsFileHasOneLinePerStep) {
   }
 }
 
+TEST_F(TrainerTest, TrainsOnGivenBatch) {
+  Trainer trainer(small_diffusion(),
+                  small_options().gradient_accumulate_every(2));
+  const double loss = trainer.train_step(torch::rand({4, 1, 8, 8}));
+  EXPECT_TRUE(std::isfinite(loss));
+  EXPECT_EQ(trainer.step(), 1);
+  DDPM_EXPECT_THROW_WITH(trainer.train_step(torch::rand({3, 1, 8, 8})),
+                         "B divisible by gradient_accumulate_every = 2, got "
+                         "[3, 1, 8, 8]");
+}
+
 TEST_F(TrainerTest, RejectsNonSquareNumSamples) {
   DDPM_EXPECT_THROW_WITH(Trainer(small_diffusion(),
                                  small_options().num_samples(24)),

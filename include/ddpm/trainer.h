@@ -134,6 +134,11 @@ class Trainer {
   /// Runs one optimizer step on the next batches; returns the loss.
   double train_step();
 
+  /// Runs one optimizer step on `batch` [B, C, H, W] in [0, 1] instead of
+  /// the folder's batches, split into gradient_accumulate_every equal
+  /// micro-batches; returns the loss.
+  double train_step(const torch::Tensor& batch);
+
   /// Writes results_folder/model-<milestone>.pt.
   std::string save(const std::string& milestone);
   /// Restores step, model, optimizer, EMA and scaler from
@@ -165,6 +170,7 @@ class Trainer {
 
  private:
   torch::Tensor next_batch(double& wait_seconds);
+  double run_step(const std::function<torch::Tensor(int64_t)>& micro_batch);
   void save_and_sample(int64_t milestone);
   void remove_old_checkpoints();
   void append_metrics(const TrainProgress& progress);
