@@ -42,6 +42,7 @@ struct TrainFlags {
   int64_t lr_warmup_steps = 0;
   double lr_min = 0.0;
   int64_t keep_last_checkpoints = 0;
+  bool save_best_and_latest_only = false;
   std::string resume;
   bool overwrite = false;
   bool verbose = false;
@@ -124,6 +125,11 @@ void add_train_flags(CLI::App& app, TrainFlags& f) {
                  "Checkpoints to keep, newest first (0: all)")
       ->capture_default_str()->group(group)
       ->check(ddpm::cli::non_negative());
+  app.add_flag("--save-best-and-latest-only", f.save_best_and_latest_only,
+               "Write model-latest.pt and, when the mean training loss "
+               "since the last save is the lowest so far, model-best.pt "
+               "instead of model-N.pt (default: off)")
+      ->group(group);
   app.add_option("--resume", f.resume,
                  "Continue from results-folder/model-MILESTONE.pt, or the "
                  "newest one with 'latest'")
@@ -180,7 +186,8 @@ std::string training_config(const ddpm::cli::ModelFlags& model_flags,
       .add("lr-schedule", f.lr_schedule)
       .add("lr-warmup-steps", f.lr_warmup_steps)
       .add("lr-min", f.lr_min)
-      .add("keep-last-checkpoints", f.keep_last_checkpoints);
+      .add("keep-last-checkpoints", f.keep_last_checkpoints)
+      .add("save-best-and-latest-only", f.save_best_and_latest_only);
   return toml.str();
 }
 
@@ -230,7 +237,8 @@ int main(int argc, char** argv) {
         .lr_schedule(ddpm::lr_schedule_from_string(flags.lr_schedule))
         .lr_warmup_steps(flags.lr_warmup_steps)
         .lr_min(flags.lr_min)
-        .keep_last_checkpoints(flags.keep_last_checkpoints);
+        .keep_last_checkpoints(flags.keep_last_checkpoints)
+        .save_best_and_latest_only(flags.save_best_and_latest_only);
     check_no_old_checkpoints(flags);
     ddpm::Trainer trainer(diffusion, options);
     if (!flags.resume.empty()) {

@@ -409,7 +409,7 @@ torch::Tensor Trainer::sample_ema() {
   return torch::cat(batches, 0);
 }
 
-void Trainer::save_and_sample(int64_t milestone) {
+std::string Trainer::save_and_sample(int64_t milestone) {
   const auto name = std::to_string(milestone);
   auto images = sample_ema();
   const auto per_row = int64_t(std::llround(std::sqrt(
@@ -419,7 +419,18 @@ void Trainer::save_and_sample(int64_t milestone) {
       (fs::path(options_.results_folder()) / ("sample-" + name + ".png"))
           .string(),
       per_row);
-  save(name);
+  if (!options_.save_best_and_latest_only()) {
+    return save(name);
+  }
+  const double mean_loss =
+      loss_sum_since_save_ / double(std::max<int64_t>(1, steps_since_save_));
+  loss_sum_since_save_ = 0.0;
+  steps_since_save_ = 0;
+  if (mean_loss < best_loss_) {
+    best_loss_ = mean_loss;
+    save("best");
+  }
+  return save("latest");
 }
 
 std::string Trainer::save(const std::string& milestone) {
@@ -451,7 +462,7 @@ std::string Trainer::save(const std::string& milestone) {
 
 void Trainer::load(const std::string& milestone_in) {
   std::string milestone = milestone_in;
-  if (milestone == "latest") {
+  if (milestone == "latest" && !fs::exists(checkpoint_path("latest"))) {
     auto numbers = numbered_checkpoints(options_.results_folder());
     TORCH_CHECK(!numbers.empty(), "load(\"latest\"): no model-N.pt in \"",
                 options_.results_folder(), "\"");
@@ -489,6 +500,8 @@ void Trainer::train() {
 
   while (step_ < total) {
     const double loss = train_step();
+    loss_sum_since_save_ += loss;
+    ++steps_since_save_;
 
     TrainProgress progress;
     progress.step = step_;
@@ -507,8 +520,7 @@ void Trainer::train() {
 
     if (step_ % options_.save_and_sample_every() == 0) {
       const int64_t milestone = step_ / options_.save_and_sample_every();
-      save_and_sample(milestone);
-      progress.checkpoint_path = checkpoint_path(std::to_string(milestone));
+      progress.checkpoint_path = save_and_sample(milestone);
       remove_old_checkpoints();
     }
     if (options_.write_metrics()) {

@@ -270,6 +270,26 @@ TEST_F(TrainerTest, KeepsLastCheckpointsAndLoadsLatest) {
   DDPM_EXPECT_THROW_WITH(fresh.load("latest"), "no model-N.pt in");
 }
 
+TEST_F(TrainerTest, SavesBestAndLatestOnly) {
+  Trainer trainer(small_diffusion(), small_options()
+                                         .save_and_sample_every(2)
+                                         .train_num_steps(6)
+                                         .save_best_and_latest_only(true));
+  std::vector<std::string> saved;
+  trainer.set_progress_callback([&](const TrainProgress& progress) {
+    if (progress.checkpoint_path) {
+      saved.push_back(fs::path(*progress.checkpoint_path).filename());
+    }
+  });
+  trainer.train();
+  EXPECT_EQ(saved, std::vector<std::string>(3, "model-latest.pt"));
+  EXPECT_TRUE(fs::exists(results_.path() / "model-best.pt"));
+  EXPECT_FALSE(fs::exists(results_.path() / "model-1.pt"));
+  Trainer resumed(small_diffusion(), small_options());
+  resumed.load("latest");
+  EXPECT_EQ(resumed.step(), 6);
+}
+
 TEST_F(TrainerTest, MetricsFileHasOneLinePerStep) {
   Trainer trainer(small_diffusion(), small_options().train_num_steps(3));
   trainer.train();

@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -93,6 +94,11 @@ struct TrainerOptions {
   TORCH_ARG(double, lr_min) = 0.0;
   /// Checkpoints to keep in results_folder, newest first (0: all).
   TORCH_ARG(int64_t, keep_last_checkpoints) = 0;
+  /// At each save, write model-latest.pt, and model-best.pt when the mean
+  /// training loss since the previous save is the lowest so far, instead
+  /// of model-N.pt. NOTE: the Python Trainer ranks by FID, which this
+  /// library does not compute; the training loss is a noisier criterion.
+  TORCH_ARG(bool, save_best_and_latest_only) = false;
   /// Append one JSON line per step to results_folder/metrics.jsonl.
   TORCH_ARG(bool, write_metrics) = true;
 };
@@ -171,7 +177,7 @@ class Trainer {
  private:
   torch::Tensor next_batch(double& wait_seconds);
   double run_step(const std::function<torch::Tensor(int64_t)>& micro_batch);
-  void save_and_sample(int64_t milestone);
+  std::string save_and_sample(int64_t milestone);
   void remove_old_checkpoints();
   void append_metrics(const TrainProgress& progress);
 
@@ -189,6 +195,9 @@ class Trainer {
   double last_wait_seconds_ = 0.0;
   double last_grad_norm_ = 0.0;
   int64_t data_start_batch_ = 0;
+  double loss_sum_since_save_ = 0.0;
+  int64_t steps_since_save_ = 0;
+  double best_loss_ = std::numeric_limits<double>::infinity();
   double last_learning_rate_ = 0.0;
   bool autocast_ = false;
   torch::ScalarType autocast_dtype_ = torch::kBFloat16;
