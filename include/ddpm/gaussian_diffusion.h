@@ -15,7 +15,7 @@
 
 namespace ddpm {
 
-/// What the network predicts: the noise, the clean image x_0, or
+/// Target of the network: the noise, the clean image x_0, or
 /// v = sqrt(alpha_bar) * noise - sqrt(1 - alpha_bar) * x_0 (Salimans and
 /// Ho, "Progressive Distillation", 2022, appendix D).
 enum class Objective { kPredNoise, kPredX0, kPredV };

@@ -141,8 +141,8 @@ class Trainer {
   double train_step();
 
   /// Runs one optimizer step on `batch` [B, C, H, W] in [0, 1] instead of
-  /// the folder's batches, split into gradient_accumulate_every equal
-  /// micro-batches; returns the loss.
+  /// the folder's batches and returns the loss. The batch is split into
+  /// gradient_accumulate_every equal micro-batches.
   double train_step(const torch::Tensor& batch);
 
   /// Writes results_folder/model-<milestone>.pt.

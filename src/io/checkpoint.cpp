@@ -99,8 +99,8 @@ std::vector<char> pickle_for_python(const c10::IValue& value) {
 }
 
 // Accepts checkpoints of this library's format (ddpm-cpp 0.x) and of the
-// Python package's releases 1.x and 2.x, whose Trainer layout it reads; an
-// absent version (older Python releases) is accepted too.
+// Python package's releases 1.x and 2.x, whose Trainer layout it reads. An
+// absent version, as older Python releases wrote, is accepted too.
 void check_known_version(const std::string& version, const std::string& path) {
   if (version.empty()) {
     return;
@@ -135,18 +135,18 @@ StateDict module_state_dict(const torch::nn::Module& module) {
 }
 
 void load_module_state_dict(torch::nn::Module& module, const StateDict& state,
-                            const std::string& what) {
+                            const std::string& source) {
   auto expected = module_state_dict(module);
   for (const auto& item : expected) {
     const auto* value = state.find(item.key());
-    TORCH_CHECK(value, what, " is missing \"", item.key(), "\" (shape ",
+    TORCH_CHECK(value, source, " is missing \"", item.key(), "\" (shape ",
                 item.value().sizes(), ")");
-    TORCH_CHECK(value->sizes() == item.value().sizes(), what, " has \"",
+    TORCH_CHECK(value->sizes() == item.value().sizes(), source, " has \"",
                 item.key(), "\" with shape ", value->sizes(),
                 ", the model expects ", item.value().sizes());
   }
   for (const auto& item : state) {
-    TORCH_CHECK(expected.contains(item.key()), what,
+    TORCH_CHECK(expected.contains(item.key()), source,
                 " has \"", item.key(), "\", which the model does not have");
   }
   torch::NoGradGuard no_grad;

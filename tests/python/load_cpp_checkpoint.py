@@ -6,7 +6,7 @@ checks that the Python package samples the same images as ddpm-sample.
 
 RESULTS_FOLDER contains model-MILESTONE.pt from ddpm-train run with
 --image-size 8 --channels 1 --dim 8 --dim-mults 1 2 --attn-dim-head 8
---timesteps 20 --sampling-timesteps 4; SAMPLES_FOLDER holds the
+--timesteps 20 --sampling-timesteps 4; SAMPLES_FOLDER contains the
 000000.png, ... that `ddpm-sample --seed SEED --num-samples 4` wrote.
 Exits 0 when every pixel agrees within one 8-bit level and the EMA weights
 that ddpm-sample wrote to CPP_SAFETENSORS equal the checkpoint's. Writes the

@@ -20,9 +20,9 @@ StateDict module_state_dict(const torch::nn::Module& module);
 /// Copies `state` into the parameters and buffers of `module`. Every key of
 /// the module must be present with the same shape, and no key may be left
 /// over. Otherwise throws naming the first offending key, with both shapes
-/// for a mismatch. `what` names the source in messages.
+/// for a mismatch. `source` names where `state` came from in messages.
 void load_module_state_dict(torch::nn::Module& module, const StateDict& state,
-                            const std::string& what = "state dict");
+                            const std::string& source = "state dict");
 
 /// Adam state in the layout of Python's Optimizer.state_dict():
 /// {"state": {index: {"step", "exp_avg", "exp_avg_sq"}}, "param_groups":
