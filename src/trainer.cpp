@@ -15,6 +15,7 @@
 
 #include <torch/torch.h>
 
+#include "ddpm/autocast.h"
 #include "ddpm/io/image.h"
 #include "ddpm/log.h"
 
@@ -28,43 +29,6 @@ using Clock = std::chrono::steady_clock;
 double seconds_between(Clock::time_point start, Clock::time_point end) {
   return std::chrono::duration<double>(end - start).count();
 }
-
-// Enables autocast for one device type in a scope, restoring the previous
-// state on exit (torch.autocast as a C++ guard).
-class AutocastScope {
- public:
-  AutocastScope(bool enabled, c10::DeviceType device, torch::ScalarType dtype)
-      : enabled_(enabled), device_(device) {
-    if (!enabled_) {
-      return;
-    }
-    previous_enabled_ = at::autocast::is_autocast_enabled(device_);
-    previous_dtype_ = at::autocast::get_autocast_dtype(device_);
-    at::autocast::set_autocast_enabled(device_, true);
-    at::autocast::set_autocast_dtype(device_, dtype);
-    at::autocast::increment_nesting();
-  }
-
-  ~AutocastScope() {
-    if (!enabled_) {
-      return;
-    }
-    if (at::autocast::decrement_nesting() == 0) {
-      at::autocast::clear_cache();
-    }
-    at::autocast::set_autocast_enabled(device_, previous_enabled_);
-    at::autocast::set_autocast_dtype(device_, previous_dtype_);
-  }
-
-  AutocastScope(const AutocastScope&) = delete;
-  AutocastScope& operator=(const AutocastScope&) = delete;
-
- private:
-  bool enabled_;
-  c10::DeviceType device_;
-  bool previous_enabled_ = false;
-  torch::ScalarType previous_dtype_ = torch::kBFloat16;
-};
 
 bool is_perfect_square(int64_t n) {
   const auto root = int64_t(std::llround(std::sqrt(double(n))));
