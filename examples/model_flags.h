@@ -67,7 +67,8 @@ inline void add_model_flags(CLI::App& app, ModelFlags& f) {
       ->capture_default_str()->group(unet)->check(non_negative());
   app.add_option("--dim-mults", f.dim_mults,
                  "Width multiplier of each Unet stage, e.g. 1 2 4 8")
-      ->capture_default_str()->group(unet)->expected(1, 16);
+      ->capture_default_str()->group(unet)->expected(1, 16)
+      ->check(positive());
   app.add_option("--channels", f.channels,
                  "Image channels: 1 grayscale, 3 RGB, 4 RGBA")
       ->capture_default_str()->group(unet)->check(CLI::IsMember({1, 3, 4}));
@@ -83,10 +84,12 @@ inline void add_model_flags(CLI::App& app, ModelFlags& f) {
       ->capture_default_str()->group(unet)->check(CLI::Range(0.0, 0.99));
   app.add_option("--attn-dim-head", f.attn_dim_head,
                  "Channels per attention head: one value, or one per stage")
-      ->capture_default_str()->group(unet)->expected(1, 16);
+      ->capture_default_str()->group(unet)->expected(1, 16)
+      ->check(positive());
   app.add_option("--attn-heads", f.attn_heads,
                  "Attention heads: one value, or one per stage")
-      ->capture_default_str()->group(unet)->expected(1, 16);
+      ->capture_default_str()->group(unet)->expected(1, 16)
+      ->check(positive());
   app.add_option("--full-attn", f.full_attn,
                  "Per stage, 1 for full attention and 0 for linear attention "
                  "(default: full attention in the innermost stage only)")
@@ -118,13 +121,13 @@ inline void add_model_flags(CLI::App& app, ModelFlags& f) {
       ->capture_default_str()->group(diffusion)
       ->check(CLI::IsMember({"linear", "cosine", "sigmoid"}));
   app.add_option("--cosine-s", f.cosine_s, "Offset s of the cosine schedule")
-      ->capture_default_str()->group(diffusion);
+      ->capture_default_str()->group(diffusion)->check(non_negative());
   app.add_option("--sigmoid-start", f.sigmoid_start,
                  "Start of the sigmoid schedule's input range")
-      ->capture_default_str()->group(diffusion);
+      ->capture_default_str()->group(diffusion)->check(finite());
   app.add_option("--sigmoid-end", f.sigmoid_end,
                  "End of the sigmoid schedule's input range")
-      ->capture_default_str()->group(diffusion);
+      ->capture_default_str()->group(diffusion)->check(finite());
   app.add_option("--sigmoid-tau", f.sigmoid_tau,
                  "Temperature of the sigmoid schedule")
       ->capture_default_str()->group(diffusion)->check(positive());

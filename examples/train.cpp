@@ -36,6 +36,7 @@ struct TrainFlags {
   double max_grad_norm = 1.0;
   std::string device = "cpu";
   int64_t num_workers = 2;
+  int64_t max_image_pixels = ddpm::kDefaultMaxImagePixels;
   int64_t threads = 0;
   uint64_t seed = 0;
   std::string lr_schedule = "constant";
@@ -101,6 +102,10 @@ void add_train_flags(CLI::App& app, TrainFlags& f) {
   app.add_option("--num-workers", f.num_workers,
                  "Threads that decode and augment images")
       ->capture_default_str()->group(group)->check(ddpm::cli::non_negative());
+  app.add_option("--max-image-pixels", f.max_image_pixels,
+                 "Skip images whose header declares more pixels (width x "
+                 "height) than this, before decoding them")
+      ->capture_default_str()->group(group)->check(ddpm::cli::positive());
   app.add_option("--threads", f.threads,
                  "Threads for tensor operations (0: LibTorch's default)")
       ->capture_default_str()->group(group)->check(ddpm::cli::non_negative());
@@ -182,6 +187,7 @@ std::string training_config(const ddpm::cli::ModelFlags& model_flags,
       .add("max-grad-norm", f.max_grad_norm)
       .add("device", f.device)
       .add("num-workers", f.num_workers)
+      .add("max-image-pixels", f.max_image_pixels)
       .add("seed", f.seed)
       .add("lr-schedule", f.lr_schedule)
       .add("lr-warmup-steps", f.lr_warmup_steps)
@@ -233,6 +239,7 @@ int main(int argc, char** argv) {
         .max_grad_norm(flags.max_grad_norm)
         .device(torch::Device(flags.device))
         .num_workers(flags.num_workers)
+        .max_image_pixels(flags.max_image_pixels)
         .seed(flags.seed)
         .lr_schedule(ddpm::lr_schedule_from_string(flags.lr_schedule))
         .lr_warmup_steps(flags.lr_warmup_steps)

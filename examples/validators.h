@@ -4,6 +4,7 @@
 // reports "Value 0 not in range 0.000000 to 1797...", which names neither
 // the rule nor a readable bound, hence the validators here.
 
+#include <cmath>
 #include <cstdlib>
 #include <string>
 
@@ -20,12 +21,17 @@ inline CLI::Validator number_at_least(double minimum, bool inclusive,
         if (text.empty() || end != text.c_str() + text.size()) {
           return "must be a number, got \"" + text + "\"";
         }
+        if (!std::isfinite(value)) {
+          return "must be a finite number, got " + text;
+        }
         if (value < minimum || (!inclusive && value == minimum)) {
           return "must be " + description + ", got " + text;
         }
         return {};
       },
-      description == "positive" ? "POSITIVE" : "NONNEGATIVE");
+      description == "positive"   ? "POSITIVE"
+      : description == "finite" ? "NUMBER"
+                                : "NONNEGATIVE");
 }
 
 inline const CLI::Validator& positive() {
@@ -37,6 +43,12 @@ inline const CLI::Validator& positive() {
 inline const CLI::Validator& non_negative() {
   static const CLI::Validator validator =
       number_at_least(0.0, /*inclusive=*/true, "at least 0");
+  return validator;
+}
+
+inline const CLI::Validator& finite() {
+  static const CLI::Validator validator =
+      number_at_least(-HUGE_VAL, /*inclusive=*/true, "finite");
   return validator;
 }
 

@@ -1,5 +1,6 @@
 #include "ddpm/ema.h"
 
+#include <cmath>
 
 #include <torch/torch.h>
 
@@ -36,8 +37,17 @@ EMA::EMA(std::shared_ptr<torch::nn::Module> model,
   TORCH_CHECK(options_.update_every >= 1,
               "EMA update_every must be at least 1, got ",
               options_.update_every);
-  TORCH_CHECK(options_.inv_gamma > 0, "EMA inv_gamma must be positive, got ",
+  TORCH_CHECK(options_.update_after_step >= 0,
+              "EMA update_after_step must be at least 0, got ",
+              options_.update_after_step);
+  TORCH_CHECK(options_.inv_gamma > 0 && std::isfinite(options_.inv_gamma),
+              "EMA inv_gamma must be positive and finite, got ",
               options_.inv_gamma);
+  TORCH_CHECK(options_.power > 0 && std::isfinite(options_.power),
+              "EMA power must be positive and finite, got ", options_.power);
+  TORCH_CHECK(options_.min_value >= 0 && options_.min_value <= options_.decay,
+              "EMA min_value must be in [0, decay = ", options_.decay,
+              "], got ", options_.min_value);
   auto online = averaged_tensors(*model_);
   auto shadow = averaged_tensors(*ema_model_);
   TORCH_CHECK(online.size() == shadow.size(),

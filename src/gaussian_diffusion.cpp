@@ -1,6 +1,7 @@
 #include "ddpm/gaussian_diffusion.h"
 
 #include <chrono>
+#include <cmath>
 
 #include <torch/torch.h>
 
@@ -96,13 +97,16 @@ GaussianDiffusionImpl::GaussianDiffusionImpl(Unet model_,
   TORCH_CHECK(sampling_timesteps_ >= 1 && sampling_timesteps_ <= o.timesteps(),
               "sampling_timesteps must be in [1, timesteps = ", o.timesteps(),
               "], got ", sampling_timesteps_);
-  TORCH_CHECK(o.ddim_sampling_eta() >= 0,
-              "ddim_sampling_eta must be non-negative, got ",
+  TORCH_CHECK(o.ddim_sampling_eta() >= 0 &&
+                  std::isfinite(o.ddim_sampling_eta()),
+              "ddim_sampling_eta must be non-negative and finite, got ",
               o.ddim_sampling_eta());
-  TORCH_CHECK(o.offset_noise_strength() >= 0,
-              "offset_noise_strength must be non-negative, got ",
+  TORCH_CHECK(o.offset_noise_strength() >= 0 &&
+                  std::isfinite(o.offset_noise_strength()),
+              "offset_noise_strength must be non-negative and finite, got ",
               o.offset_noise_strength());
-  TORCH_CHECK(o.min_snr_gamma() > 0, "min_snr_gamma must be positive, got ",
+  TORCH_CHECK(o.min_snr_gamma() > 0 && std::isfinite(o.min_snr_gamma()),
+              "min_snr_gamma must be positive and finite, got ",
               o.min_snr_gamma());
 
   model = register_module("model", std::move(model_));

@@ -1,14 +1,19 @@
 #include "ddpm/grad_scaler.h"
 
+#include <cmath>
+
 #include <torch/torch.h>
 
 namespace ddpm {
 
 GradScaler::GradScaler(GradScalerOptions options) : options_(options) {
-  TORCH_CHECK(options_.init_scale > 0, "GradScaler init_scale must be "
-              "positive, got ", options_.init_scale);
-  TORCH_CHECK(options_.growth_factor > 1, "GradScaler growth_factor must be "
-              "above 1, got ", options_.growth_factor);
+  TORCH_CHECK(options_.init_scale > 0 && std::isfinite(options_.init_scale),
+              "GradScaler init_scale must be positive and finite, got ",
+              options_.init_scale);
+  TORCH_CHECK(options_.growth_factor > 1 &&
+                  std::isfinite(options_.growth_factor),
+              "GradScaler growth_factor must be above 1 and finite, got ",
+              options_.growth_factor);
   TORCH_CHECK(options_.backoff_factor > 0 && options_.backoff_factor < 1,
               "GradScaler backoff_factor must be in (0, 1), got ",
               options_.backoff_factor);

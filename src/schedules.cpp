@@ -35,7 +35,8 @@ torch::Tensor linear_beta_schedule(int64_t timesteps) {
 torch::Tensor cosine_beta_schedule(int64_t timesteps, double s) {
   TORCH_CHECK(timesteps >= 1, "timesteps must be at least 1, got ",
               timesteps);
-  TORCH_CHECK(s >= 0, "cosine schedule offset s must be non-negative, got ",
+  TORCH_CHECK(s >= 0 && std::isfinite(s),
+              "cosine schedule offset s must be non-negative and finite, got ",
               s);
   auto t = unit_times(timesteps);
   auto alphas_cumprod = torch::cos((t + s) / (1 + s) * kPi * 0.5).pow(2);
@@ -46,9 +47,13 @@ torch::Tensor sigmoid_beta_schedule(int64_t timesteps, double start,
                                     double end, double tau) {
   TORCH_CHECK(timesteps >= 1, "timesteps must be at least 1, got ",
               timesteps);
+  TORCH_CHECK(std::isfinite(start) && std::isfinite(end),
+              "sigmoid schedule start and end must be finite, got start ",
+              start, " and end ", end);
   TORCH_CHECK(end > start, "sigmoid schedule needs end > start, got start ",
               start, " and end ", end);
-  TORCH_CHECK(tau > 0, "sigmoid schedule tau must be positive, got ", tau);
+  TORCH_CHECK(tau > 0 && std::isfinite(tau),
+              "sigmoid schedule tau must be positive and finite, got ", tau);
   auto t = unit_times(timesteps);
   // Python computes these two endpoints from float32 scalar tensors.
   auto v_start = torch::tensor(start / tau, torch::kFloat32).sigmoid();

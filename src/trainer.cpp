@@ -111,8 +111,8 @@ Trainer::Trainer(GaussianDiffusion diffusion, TrainerOptions options)
   TORCH_CHECK(o.gradient_accumulate_every() >= 1,
               "gradient_accumulate_every must be at least 1, got ",
               o.gradient_accumulate_every());
-  TORCH_CHECK(o.train_lr() > 0, "train_lr must be positive, got ",
-              o.train_lr());
+  TORCH_CHECK(o.train_lr() > 0 && std::isfinite(o.train_lr()),
+              "train_lr must be positive and finite, got ", o.train_lr());
   TORCH_CHECK(o.train_num_steps() >= 0,
               "train_num_steps must be non-negative, got ",
               o.train_num_steps());
@@ -140,6 +140,17 @@ Trainer::Trainer(GaussianDiffusion diffusion, TrainerOptions options)
   TORCH_CHECK(o.keep_last_checkpoints() >= 0,
               "keep_last_checkpoints must be non-negative, got ",
               o.keep_last_checkpoints());
+  TORCH_CHECK(o.ema_update_every() >= 1,
+              "ema_update_every must be at least 1, got ",
+              o.ema_update_every());
+  TORCH_CHECK(o.prefetch() >= 1, "prefetch must be at least 1, got ",
+              o.prefetch());
+  TORCH_CHECK(o.cache_max_bytes() >= 0,
+              "cache_max_bytes must be non-negative, got ",
+              o.cache_max_bytes());
+  TORCH_CHECK(o.max_image_pixels() >= 1,
+              "max_image_pixels must be at least 1, got ",
+              o.max_image_pixels());
   if (o.train_batch_size() * o.gradient_accumulate_every() < 16) {
     log_warning("effective batch size train_batch_size x "
                 "gradient_accumulate_every = " +
@@ -157,6 +168,7 @@ Trainer::Trainer(GaussianDiffusion diffusion, TrainerOptions options)
   data.channels = model_->channels();
   data.cache_images = o.cache_images();
   data.cache_max_bytes = o.cache_max_bytes();
+  data.max_image_pixels = o.max_image_pixels();
   dataset_ = std::make_shared<ImageFolder>(data);
   if (dataset_->size() < 100) {
     log_warning("only " + std::to_string(dataset_->size()) + " images in \"" +

@@ -73,8 +73,9 @@ torch::Tensor SinusoidalPosEmbImpl::forward(const torch::Tensor& time) {
 
 RandomOrLearnedSinusoidalPosEmbImpl::RandomOrLearnedSinusoidalPosEmbImpl(
     int64_t dim, bool is_random) {
-  TORCH_CHECK(dim % 2 == 0,
-              "learned_sinusoidal_dim must be even, got ", dim);
+  TORCH_CHECK(dim >= 2 && dim % 2 == 0,
+              "Unet learned_sinusoidal_dim must be even and at least 2, got ",
+              dim);
   weights = register_parameter("weights", torch::randn({dim / 2}),
                                /*requires_grad=*/!is_random);
 }
@@ -249,6 +250,12 @@ UnetImpl::UnetImpl(UnetOptions options_) : options(std::move(options_)) {
               o.channels());
   TORCH_CHECK(o.dropout() >= 0.0 && o.dropout() < 1.0,
               "Unet dropout must be in [0, 1), got ", o.dropout());
+  TORCH_CHECK(o.sinusoidal_pos_emb_theta() > 0 &&
+                  std::isfinite(o.sinusoidal_pos_emb_theta()),
+              "Unet sinusoidal_pos_emb_theta must be positive and finite, "
+              "got ", o.sinusoidal_pos_emb_theta());
+  TORCH_CHECK(!o.out_dim() || *o.out_dim() > 0,
+              "Unet out_dim must be positive, got ", o.out_dim().value_or(0));
   const size_t stages = o.dim_mults().size();
   const int64_t init_dim = o.init_dim().value_or(o.dim());
   TORCH_CHECK(init_dim > 0, "Unet init_dim must be positive, got ",

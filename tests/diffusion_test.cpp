@@ -1,4 +1,8 @@
 #include <cmath>
+#include <limits>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -286,6 +290,87 @@ TEST_F(DiffusionTest, RejectsInvalidOptions) {
   DDPM_EXPECT_THROW_WITH(diffusion(torch::rand({2, 1, 16, 16})),
                          "images must have shape [B, 1, 8, 8], got [2, 1, "
                          "16, 16]");
+}
+
+TEST_F(DiffusionTest, RejectsEachInvalidOption) {
+  const double inf = std::numeric_limits<double>::infinity();
+  BetaScheduleArgs reversed_sigmoid;
+  reversed_sigmoid.start = 3.0;
+  reversed_sigmoid.end = -3.0;
+  BetaScheduleArgs cold_sigmoid;
+  cold_sigmoid.tau = 0.0;
+  BetaScheduleArgs negative_cosine;
+  negative_cosine.s = -0.1;
+  const std::vector<std::pair<GaussianDiffusionOptions, std::string>> cases =
+      {
+          {GaussianDiffusionOptions(0),
+           "image_size must be positive, got 0 x 0"},
+          {GaussianDiffusionOptions({8, -8}),
+           "image_size must be positive, got 8 x -8"},
+          {GaussianDiffusionOptions(8).timesteps(-5),
+           "timesteps must be at least 1, got -5"},
+          {GaussianDiffusionOptions(8).timesteps(10).sampling_timesteps(0),
+           "sampling_timesteps must be in [1, timesteps = 10], got 0"},
+          {GaussianDiffusionOptions(8).ddim_sampling_eta(-1),
+           "ddim_sampling_eta must be non-negative and finite, got -1"},
+          {GaussianDiffusionOptions(8).offset_noise_strength(inf),
+           "offset_noise_strength must be non-negative and finite, got inf"},
+          {GaussianDiffusionOptions(8).min_snr_gamma(0),
+           "min_snr_gamma must be positive and finite, got 0"},
+          {GaussianDiffusionOptions(8)
+               .beta_schedule(BetaSchedule::kSigmoid)
+               .schedule_fn_kwargs(reversed_sigmoid),
+           "sigmoid schedule needs end > start, got start 3 and end -3"},
+          {GaussianDiffusionOptions(8)
+               .beta_schedule(BetaSchedule::kSigmoid)
+               .schedule_fn_kwargs(cold_sigmoid),
+           "sigmoid schedule tau must be positive and finite, got 0"},
+          {GaussianDiffusionOptions(8)
+               .beta_schedule(BetaSchedule::kCosine)
+               .schedule_fn_kwargs(negative_cosine),
+           "cosine schedule offset s must be non-negative and finite, got "
+           "-0.1"},
+      };
+  for (const auto& [options, message] : cases) {
+    SCOPED_TRACE(message);
+    DDPM_EXPECT_THROW_WITH(GaussianDiffusion(small_unet(), options), message);
+  }
+  DDPM_EXPECT_THROW_WITH(GaussianDiffusion(Unet(nullptr),
+                                           GaussianDiffusionOptions(8)),
+                         "GaussianDiffusion needs a constructed Unet");
+  DDPM_EXPECT_THROW_WITH(
+      GaussianDiffusion(Unet(UnetOptions(8).dim_mults({1, 2}).out_dim(2)),
+                        GaussianDiffusionOptions(8)),
+      "out_dim equals its channels, got out_dim 2 and channels 3");
+}
+
+TEST_F(DiffusionTest, SchedulesRejectInvalidArguments) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const double inf = std::numeric_limits<double>::infinity();
+  DDPM_EXPECT_THROW_WITH(linear_beta_schedule(0),
+                         "timesteps must be at least 1, got 0");
+  DDPM_EXPECT_THROW_WITH(cosine_beta_schedule(-1),
+                         "timesteps must be at least 1, got -1");
+  DDPM_EXPECT_THROW_WITH(cosine_beta_schedule(10, inf),
+                         "offset s must be non-negative and finite, got inf");
+  DDPM_EXPECT_THROW_WITH(sigmoid_beta_schedule(0),
+                         "timesteps must be at least 1, got 0");
+  DDPM_EXPECT_THROW_WITH(sigmoid_beta_schedule(10, -inf, 3.0),
+                         "start and end must be finite, got start -inf and "
+                         "end 3");
+  DDPM_EXPECT_THROW_WITH(sigmoid_beta_schedule(10, -3.0, nan),
+                         "start and end must be finite, got start -3 and "
+                         "end nan");
+  DDPM_EXPECT_THROW_WITH(sigmoid_beta_schedule(10, -3.0, 3.0, -1.0),
+                         "tau must be positive and finite, got -1");
+  DDPM_EXPECT_THROW_WITH(beta_schedule_from_string(""),
+                         "unknown beta schedule \"\": expected linear, "
+                         "cosine or sigmoid");
+  DDPM_EXPECT_THROW_WITH(objective_from_string("PRED_V"),
+                         "unknown objective \"PRED_V\": expected pred_noise, "
+                         "pred_x0 or pred_v");
+  DDPM_EXPECT_THROW_WITH(loss_type_from_string("L1"),
+                         "unknown loss type \"L1\": expected l1 or l2");
 }
 
 } // namespace

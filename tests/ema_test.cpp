@@ -1,4 +1,8 @@
 #include <cmath>
+#include <limits>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -116,6 +120,41 @@ TEST_F(EmaTest, StateDictRoundTrip) {
   state.erase("ema_model.bias");
   DDPM_EXPECT_THROW_WITH(restored.load_state_dict(state),
                          "EMA state is missing \"ema_model.bias\"");
+}
+
+TEST_F(EmaTest, RejectsEachInvalidOption) {
+  const auto with = [](auto change) {
+    EmaOptions options;
+    change(options);
+    return options;
+  };
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const std::vector<std::pair<EmaOptions, std::string>> cases = {
+      {with([](EmaOptions& o) { o.decay = -0.1; }),
+       "EMA decay must be in [0, 1], got -0.1"},
+      {with([](EmaOptions& o) { o.decay = 1.5; }),
+       "EMA decay must be in [0, 1], got 1.5"},
+      {with([nan](EmaOptions& o) { o.decay = nan; }),
+       "EMA decay must be in [0, 1], got nan"},
+      {with([](EmaOptions& o) { o.update_every = 0; }),
+       "EMA update_every must be at least 1, got 0"},
+      {with([](EmaOptions& o) { o.update_after_step = -1; }),
+       "EMA update_after_step must be at least 0, got -1"},
+      {with([](EmaOptions& o) { o.inv_gamma = 0; }),
+       "EMA inv_gamma must be positive and finite, got 0"},
+      {with([](EmaOptions& o) { o.power = -1; }),
+       "EMA power must be positive and finite, got -1"},
+      {with([](EmaOptions& o) { o.min_value = 0.5; o.decay = 0.4; }),
+       "EMA min_value must be in [0, decay = 0.4], got 0.5"},
+  };
+  for (const auto& [options, message] : cases) {
+    SCOPED_TRACE(message);
+    DDPM_EXPECT_THROW_WITH(EMA(model.ptr(), copy.ptr(), options), message);
+  }
+  DDPM_EXPECT_THROW_WITH(EMA(model.ptr(), nullptr),
+                         "EMA needs a model and an EMA copy");
+  torch::nn::Linear wider(4, 2);
+  DDPM_EXPECT_THROW_WITH(EMA(model.ptr(), wider.ptr()), "EMA copy");
 }
 
 } // namespace

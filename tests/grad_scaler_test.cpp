@@ -1,5 +1,8 @@
 #include <cmath>
 #include <limits>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -87,6 +90,31 @@ TEST_F(GradScalerTest, RejectsInvalidOptions) {
   options.backoff_factor = 1.5;
   DDPM_EXPECT_THROW_WITH(GradScaler{options},
                          "backoff_factor must be in (0, 1), got 1.5");
+}
+
+TEST_F(GradScalerTest, RejectsEachInvalidOption) {
+  const auto with = [](auto change) {
+    GradScalerOptions options;
+    change(options);
+    return options;
+  };
+  const double inf = std::numeric_limits<double>::infinity();
+  const std::vector<std::pair<GradScalerOptions, std::string>> cases = {
+      {with([](GradScalerOptions& o) { o.init_scale = 0; }),
+       "GradScaler init_scale must be positive and finite, got 0"},
+      {with([inf](GradScalerOptions& o) { o.init_scale = inf; }),
+       "GradScaler init_scale must be positive and finite, got inf"},
+      {with([](GradScalerOptions& o) { o.growth_factor = 1.0; }),
+       "GradScaler growth_factor must be above 1 and finite, got 1"},
+      {with([](GradScalerOptions& o) { o.backoff_factor = 0; }),
+       "GradScaler backoff_factor must be in (0, 1), got 0"},
+      {with([](GradScalerOptions& o) { o.growth_interval = 0; }),
+       "GradScaler growth_interval must be at least 1, got 0"},
+  };
+  for (const auto& [options, message] : cases) {
+    SCOPED_TRACE(message);
+    DDPM_EXPECT_THROW_WITH(GradScaler{options}, message);
+  }
 }
 
 } // namespace

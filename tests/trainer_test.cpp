@@ -1,6 +1,10 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -322,6 +326,57 @@ TEST_F(TrainerTest, RejectsNonSquareNumSamples) {
   DDPM_EXPECT_THROW_WITH(Trainer(small_diffusion(),
                                  small_options().num_samples(24)),
                          "num_samples must be a perfect square");
+}
+
+TEST_F(TrainerTest, RejectsEachInvalidOption) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const double inf = std::numeric_limits<double>::infinity();
+  const std::vector<std::pair<TrainerOptions, std::string>> cases = {
+      {small_options().train_batch_size(0),
+       "train_batch_size must be at least 1, got 0"},
+      {small_options().gradient_accumulate_every(-1),
+       "gradient_accumulate_every must be at least 1, got -1"},
+      {small_options().train_lr(0), "train_lr must be positive and finite, got 0"},
+      {small_options().train_lr(-1e-4),
+       "train_lr must be positive and finite, got -0.0001"},
+      {small_options().train_lr(inf),
+       "train_lr must be positive and finite, got inf"},
+      {small_options().train_num_steps(-1),
+       "train_num_steps must be non-negative, got -1"},
+      {small_options().save_and_sample_every(0),
+       "save_and_sample_every must be at least 1, got 0"},
+      {small_options().num_samples(0),
+       "num_samples must be a perfect square (the grid has "
+       "sqrt(num_samples) images per row), got 0"},
+      {small_options().ema_decay(1.01), "ema_decay must be in [0, 1], got 1.01"},
+      {small_options().ema_decay(nan), "ema_decay must be in [0, 1], got nan"},
+      {small_options().ema_update_every(0),
+       "ema_update_every must be at least 1, got 0"},
+      {small_options().adam_betas({0.9, 1.0}),
+       "adam_betas must be in [0, 1), got (0.9, 1)"},
+      {small_options().max_grad_norm(-1),
+       "max_grad_norm must be non-negative, got -1"},
+      {small_options().num_workers(-1),
+       "num_workers must be non-negative, got -1"},
+      {small_options().prefetch(0), "prefetch must be at least 1, got 0"},
+      {small_options().cache_max_bytes(-1),
+       "cache_max_bytes must be non-negative, got -1"},
+      {small_options().max_image_pixels(0),
+       "max_image_pixels must be at least 1, got 0"},
+      {small_options().lr_warmup_steps(-1),
+       "lr_warmup_steps must be non-negative, got -1"},
+      {small_options().lr_min(1.0), "lr_min must be in [0, train_lr = 0.001], got 1"},
+      {small_options().keep_last_checkpoints(-2),
+       "keep_last_checkpoints must be non-negative, got -2"},
+  };
+  for (const auto& [options, message] : cases) {
+    SCOPED_TRACE(message);
+    DDPM_EXPECT_THROW_WITH(Trainer(small_diffusion(), options), message);
+  }
+  DDPM_EXPECT_THROW_WITH(lr_schedule_from_string("linear"),
+                         "unknown learning-rate schedule \"linear\"");
+  DDPM_EXPECT_THROW_WITH(mixed_precision_from_string("fp8"),
+                         "unknown mixed precision type \"fp8\"");
 }
 
 TEST_F(TrainerTest, RejectsUnwritableResultsFolder) {

@@ -1,6 +1,11 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <limits>
+#include <string>
+#include <utility>
+#include <vector>
+
 #include "ddpm/unet.h"
 #include "test_util.h"
 
@@ -92,6 +97,43 @@ TEST_F(UnetTest, RejectsInvalidOptions) {
       "attn_heads and attn_dim_head must be positive");
   DDPM_EXPECT_THROW_WITH(Unet(UnetOptions(8).dropout(1.0)),
                          "dropout must be in [0, 1), got 1");
+}
+
+TEST_F(UnetTest, RejectsEachInvalidOption) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const std::vector<std::pair<UnetOptions, std::string>> cases = {
+      {UnetOptions(-4), "Unet dim must be positive, got -4"},
+      {UnetOptions(8).dim_mults({1, 0}),
+       "Unet dim_mults must be positive, got (1, 0)"},
+      {UnetOptions(8).dim_mults({1, -2}),
+       "Unet dim_mults must be positive, got (1, -2)"},
+      {UnetOptions(8).channels(0), "Unet channels must be positive, got 0"},
+      {UnetOptions(8).init_dim(0), "Unet init_dim must be positive, got 0"},
+      {UnetOptions(8).out_dim(0), "Unet out_dim must be positive, got 0"},
+      {UnetOptions(8).dropout(-0.1), "Unet dropout must be in [0, 1), got -0.1"},
+      {UnetOptions(8).dropout(nan), "Unet dropout must be in [0, 1), got nan"},
+      {UnetOptions(8).sinusoidal_pos_emb_theta(0),
+       "Unet sinusoidal_pos_emb_theta must be positive and finite, got 0"},
+      {UnetOptions(7),
+       "Unet dim must be even and at least 4 for the sinusoidal time "
+       "embedding, got 7"},
+      {UnetOptions(8).learned_sinusoidal_cond(true).learned_sinusoidal_dim(0),
+       "Unet learned_sinusoidal_dim must be even and at least 2, got 0"},
+      {UnetOptions(8).random_fourier_features(true).learned_sinusoidal_dim(5),
+       "Unet learned_sinusoidal_dim must be even and at least 2, got 5"},
+      {UnetOptions(8).dim_mults({1, 2}).attn_heads({4, 4, 4}),
+       "Unet attn_heads must have 1 or 2 entries (one per stage of "
+       "dim_mults), got 3"},
+      {UnetOptions(8).dim_mults({1, 2}).attn_dim_head({}),
+       "Unet attn_dim_head must have 1 or 2 entries"},
+      {UnetOptions(8).dim_mults({1, 2}).attn_dim_head({16, -1}),
+       "Unet attn_heads and attn_dim_head must be positive, got 4 and -1 at "
+       "stage 1"},
+  };
+  for (const auto& [options, message] : cases) {
+    SCOPED_TRACE(message);
+    DDPM_EXPECT_THROW_WITH(Unet{options}, message);
+  }
 }
 
 TEST_F(UnetTest, RejectsIndivisibleInput) {

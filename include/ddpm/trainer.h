@@ -86,6 +86,9 @@ struct TrainerOptions {
   /// Keep decoded images in memory when they fit in cache_max_bytes.
   TORCH_ARG(bool, cache_images) = true;
   TORCH_ARG(int64_t, cache_max_bytes) = int64_t{2} << 30;
+  /// Images whose header declares more pixels are skipped with a warning
+  /// before they are decoded.
+  TORCH_ARG(int64_t, max_image_pixels) = kDefaultMaxImagePixels;
   /// Seed of the data order and flips.
   TORCH_ARG(uint64_t, seed) = 0;
   /// Learning-rate schedule; warm-up steps; the floor of the cosine decay.

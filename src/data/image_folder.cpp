@@ -7,6 +7,7 @@
 #include <iomanip>
 #include <numeric>
 #include <random>
+#include <sstream>
 #include <system_error>
 #include <unordered_set>
 
@@ -56,6 +57,12 @@ std::string to_lower(std::string text) {
   return text;
 }
 
+std::string quoted(const std::string& text) {
+  std::ostringstream stream;
+  stream << std::quoted(text);
+  return stream.str();
+}
+
 std::string joined_extensions() {
   std::string joined;
   for (const std::string& extension : image_extensions()) {
@@ -66,7 +73,8 @@ std::string joined_extensions() {
 
 // Lists the files under `root` whose extension is in image_extensions(),
 // sorted so that the order does not depend on the file system. Symbolic
-// links to folders are not followed, which rules out cycles.
+// links to folders are not followed, which rules out cycles, and are
+// skipped with a warning, as are links that cannot be resolved.
 std::vector<std::string> list_images(const fs::path& root) {
   const std::unordered_set<std::string> extensions(
       image_extensions().begin(), image_extensions().end());
@@ -77,7 +85,18 @@ std::vector<std::string> list_images(const fs::path& root) {
   for (; !error && it != fs::recursive_directory_iterator();
        it.increment(error)) {
     std::error_code type_error;
-    if (!it->is_regular_file(type_error)) {
+    const fs::file_status status = it->status(type_error);
+    if (type_error) {
+      log_warning("skipping " + quoted(it->path().string()) +
+                  ": cannot resolve it: " + type_error.message());
+      continue;
+    }
+    if (fs::is_directory(status) && it->is_symlink(type_error)) {
+      log_warning("skipping " + quoted(it->path().string()) +
+                  ": symbolic links to folders are not followed");
+      continue;
+    }
+    if (!fs::is_regular_file(status)) {
       continue;
     }
     std::string extension = to_lower(it->path().extension().string());
@@ -115,6 +134,9 @@ ImageFolder::ImageFolder(ImageFolderOptions options)
   TORCH_CHECK(options_.cache_max_bytes >= 0,
               "cache_max_bytes must be at least 0, got ",
               options_.cache_max_bytes);
+  TORCH_CHECK(options_.max_image_pixels >= 1,
+              "max_image_pixels must be at least 1, got ",
+              options_.max_image_pixels);
 
   const fs::path root(options_.folder);
   std::error_code error;
@@ -165,7 +187,9 @@ torch::Tensor ImageFolder::get(int64_t index) {
     torch::Tensor image;
     try {
       image = to_chw_tensor(resize_and_center_crop(
-          decode_image(paths_[current], options_.channels), options_.height,
+          decode_image(paths_[current], options_.channels,
+                       options_.max_image_pixels),
+          options_.height,
           options_.width)); // [C, H, W]
     } catch (const c10::Error& error) {
       bool first_failure = false;

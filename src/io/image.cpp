@@ -7,6 +7,9 @@
 #include <filesystem>
 #include <iomanip>
 #include <memory>
+#include <optional>
+#include <utility>
+#include <string_view>
 #include <system_error>
 
 #include <torch/torch.h>
@@ -95,6 +98,133 @@ Image resize(const Image& image, int64_t height, int64_t width) {
   return resized;
 }
 
+// Names the format whose signature starts `bytes`, or returns an empty
+// string. TGA has no signature, so it is never named.
+std::string format_from_signature(const std::vector<uint8_t>& bytes) {
+  const auto starts_with = [&bytes](std::string_view prefix) {
+    return bytes.size() >= prefix.size() &&
+           std::equal(prefix.begin(), prefix.end(), bytes.begin(),
+                      [](char expected, uint8_t actual) {
+                        return static_cast<uint8_t>(expected) == actual;
+                      });
+  };
+  if (starts_with("\x89PNG\r\n\x1a\n")) {
+    return "PNG";
+  }
+  if (starts_with("\xff\xd8\xff")) {
+    return "JPEG";
+  }
+  if (starts_with("GIF87a") || starts_with("GIF89a")) {
+    return "GIF";
+  }
+  if (starts_with("BM")) {
+    return "BMP";
+  }
+  if (starts_with("8BPS")) {
+    return "PSD";
+  }
+  if (starts_with("#?RADIANCE") || starts_with("#?RGBE")) {
+    return "HDR";
+  }
+  if (starts_with("\x53\x80\xf6\x34")) {
+    return "PIC";
+  }
+  if (starts_with("P5") || starts_with("P6")) {
+    return "PNM";
+  }
+  return "";
+}
+
+uint32_t read_big_endian(const std::vector<uint8_t>& bytes, size_t offset,
+                         size_t count) {
+  uint32_t value = 0;
+  for (size_t i = 0; i < count; ++i) {
+    value = (value << 8) | bytes[offset + i];
+  }
+  return value;
+}
+
+// Returns the width and height that a PNG's IHDR chunk or a JPEG's frame
+// header declares, or nothing when the header is cut short or is neither.
+// stb_image's own header reader cannot serve here, because it rejects
+// images above 2^30 bytes with a reason that later decoders overwrite.
+std::optional<std::pair<int64_t, int64_t>> declared_png_or_jpeg_size(
+    const std::vector<uint8_t>& bytes, const std::string& format) {
+  if (format == "PNG") {
+    // Signature (8 bytes), chunk length (4), "IHDR", width, height.
+    if (bytes.size() < 24 || read_big_endian(bytes, 12, 4) != 0x49484452) {
+      return std::nullopt;
+    }
+    return std::pair<int64_t, int64_t>(read_big_endian(bytes, 16, 4),
+                                       read_big_endian(bytes, 20, 4));
+  }
+  if (format != "JPEG") {
+    return std::nullopt;
+  }
+  // Walk the marker segments to the first start-of-frame marker
+  // (0xC0 to 0xCF except DHT 0xC4, JPG 0xC8 and DAC 0xCC), whose segment
+  // holds the precision (1 byte), height (2) and width (2).
+  size_t offset = 2;
+  while (offset + 4 <= bytes.size() && bytes[offset] == 0xff) {
+    const uint8_t marker = bytes[offset + 1];
+    if (marker == 0xff) {
+      ++offset; // fill byte
+      continue;
+    }
+    const size_t length = read_big_endian(bytes, offset + 2, 2);
+    const bool start_of_frame = marker >= 0xc0 && marker <= 0xcf &&
+                                marker != 0xc4 && marker != 0xc8 &&
+                                marker != 0xcc;
+    if (start_of_frame) {
+      if (offset + 9 > bytes.size()) {
+        return std::nullopt;
+      }
+      return std::pair<int64_t, int64_t>(read_big_endian(bytes, offset + 7, 2),
+                                         read_big_endian(bytes, offset + 5, 2));
+    }
+    offset += 2 + length;
+  }
+  return std::nullopt;
+}
+
+// Returns the first bytes of `bytes` in hexadecimal, e.g. "6e 6f 74 20".
+std::string leading_bytes_hex(const std::vector<uint8_t>& bytes) {
+  constexpr size_t kShown = 8;
+  static const char* const kDigits = "0123456789abcdef";
+  std::string text;
+  for (size_t i = 0; i < std::min(bytes.size(), kShown); ++i) {
+    text += i == 0 ? "" : " ";
+    text += kDigits[bytes[i] >> 4];
+    text += kDigits[bytes[i] & 0xf];
+  }
+  return text;
+}
+
+// Explains why stb_image failed on `bytes`. stb tries one decoder after
+// the other and keeps the reason of the last one it tried, so for a file
+// whose header is cut short it can report "bad png sig" about a JPEG.
+// The file's signature gives a reason that names the right format, and
+// stb's own reason is kept only when the header parsed, because then the
+// decoder of that format produced it.
+std::string decode_failure_reason(const std::vector<uint8_t>& bytes,
+                                  bool header_parsed) {
+  const std::string format = format_from_signature(bytes);
+  if (format.empty()) {
+    return "unknown image format: the file starts with bytes " +
+           leading_bytes_hex(bytes) +
+           ", which match no format that stb_image reads (PNG, JPEG, BMP, "
+           "TGA, GIF, PSD, HDR, PIC, PNM)";
+  }
+  if (!header_parsed) {
+    return "truncated or corrupt " + format +
+           " file: the signature is valid but the header is incomplete or "
+           "invalid";
+  }
+  const char* reason = stbi_failure_reason();
+  return "truncated or corrupt " + format + " file: " +
+         (reason != nullptr ? reason : "unknown reason");
+}
+
 void append_bytes(void* context, void* data, int size) {
   auto* out = static_cast<std::vector<uint8_t>*>(context);
   const auto* bytes = static_cast<const uint8_t*>(data);
@@ -151,8 +281,11 @@ void write_png_pixels(const std::string& path, const uint8_t* pixels,
 
 } // namespace
 
-Image decode_image(const std::string& path, int64_t channels) {
+Image decode_image(const std::string& path, int64_t channels,
+                   int64_t max_pixels) {
   check_channels(channels);
+  TORCH_CHECK(max_pixels >= 1, "max_pixels must be at least 1, got ",
+              max_pixels);
   const std::vector<uint8_t> bytes = read_file(path);
   TORCH_CHECK(!bytes.empty(), "failed to decode ", std::quoted(path),
               ": the file is empty");
@@ -163,6 +296,23 @@ Image decode_image(const std::string& path, int64_t channels) {
   int width = 0;
   int height = 0;
   int channels_in_file = 0;
+  const bool header_parsed =
+      stbi_info_from_memory(bytes.data(), static_cast<int>(bytes.size()),
+                            &width, &height, &channels_in_file) != 0;
+  const std::string format = format_from_signature(bytes);
+  auto declared = declared_png_or_jpeg_size(bytes, format);
+  if (!declared && header_parsed) {
+    declared = std::pair<int64_t, int64_t>(width, height);
+  }
+  if (declared) {
+    const auto [declared_width, declared_height] = *declared;
+    const int64_t pixels = declared_width * declared_height;
+    TORCH_CHECK(pixels <= max_pixels, "failed to decode ", std::quoted(path),
+                ": its header declares ", declared_width, "x",
+                declared_height, " = ", pixels,
+                " pixels, more than max_image_pixels = ", max_pixels);
+  }
+
   // stb converts to the requested channel count (gray = weighted RGB sum,
   // gray to RGB by copying) and 16-bit or HDR data to 8 bits.
   std::unique_ptr<stbi_uc, void (*)(void*)> data(
@@ -170,11 +320,8 @@ Image decode_image(const std::string& path, int64_t channels) {
                             &width, &height, &channels_in_file,
                             static_cast<int>(channels)),
       &stbi_image_free);
-  if (data == nullptr) {
-    const char* reason = stbi_failure_reason();
-    TORCH_CHECK(false, "failed to decode ", std::quoted(path), ": ",
-                reason != nullptr ? reason : "unknown reason");
-  }
+  TORCH_CHECK(data != nullptr, "failed to decode ", std::quoted(path), ": ",
+              decode_failure_reason(bytes, header_parsed));
 
   Image image{height, width, channels, {}};
   image.pixels.assign(data.get(), data.get() + int64_t{height} * width *

@@ -142,6 +142,71 @@ run_program(105 out "${BIN_DIR}/ddpm-train" --folder "${WORK_DIR}/images"
             --objective pred_eps)
 expect_match("${out}" "pred_eps not in")
 
+# Each invalid flag fails before any work with the option's name, the value
+# given and the allowed values or range. CLI11 exits with 105 for a failed
+# check and the programs with 1 for an error that the library reports.
+function(expect_rejected expected_result pattern)
+  run_program(${expected_result} out ${ARGN})
+  expect_match("${out}" "${pattern}")
+endfunction()
+set(train "${BIN_DIR}/ddpm-train" --folder "${WORK_DIR}/images"
+    --results-folder "${WORK_DIR}/results-errors")
+expect_rejected(105 "--dim-mults: must be positive, got 0"
+                ${train} --dim-mults 1 0)
+expect_rejected(105 "--attn-heads: must be positive, got -2"
+                ${train} --attn-heads -2)
+expect_rejected(105 "--attn-dim-head: must be positive, got 0"
+                ${train} --attn-dim-head 0)
+expect_rejected(105 "--channels: 2 not in"
+                ${train} --channels 2)
+expect_rejected(105 "--timesteps: must be positive, got -10"
+                ${train} --timesteps -10)
+expect_rejected(105 "--beta-schedule: quadratic not in"
+                ${train} --beta-schedule quadratic)
+expect_rejected(105 "--loss-type: huber not in" ${train} --loss-type huber)
+expect_rejected(105 "--cosine-s: must be at least 0, got -1"
+                ${train} --cosine-s -1)
+expect_rejected(105 "--sigmoid-tau: must be a finite number, got inf"
+                ${train} --sigmoid-tau inf)
+expect_rejected(105 "--train-lr: must be positive, got 0"
+                ${train} --train-lr 0)
+expect_rejected(105 "--train-lr: must be a finite number, got nan"
+                ${train} --train-lr nan)
+expect_rejected(105 "--train-lr: must be a number, got \"fast\""
+                ${train} --train-lr fast)
+expect_rejected(105 "--ema-decay: Value 1.5 not in range"
+                ${train} --ema-decay 1.5)
+expect_rejected(105 "--train-batch-size: must be positive, got 0"
+                ${train} --train-batch-size 0)
+expect_rejected(105 "--max-image-pixels: must be positive, got 0"
+                ${train} --max-image-pixels 0)
+expect_rejected(105 "--lr-schedule: linear not in"
+                ${train} --lr-schedule linear)
+expect_rejected(1 "sampling_timesteps must be in \\[1, timesteps = 20\\], got 50"
+                ${train} ${model_flags} --sampling-timesteps 50)
+expect_rejected(1 "lr_min must be in \\[0, train_lr = 0.0001\\], got 0.5"
+                ${train} ${model_flags} --lr-min 0.5)
+expect_rejected(1 "attn_heads must have 1 or 2 entries"
+                ${train} ${model_flags} --attn-heads 4 4 4)
+expect_rejected(105 "--num-samples: must be positive, got 0"
+                "${BIN_DIR}/ddpm-sample"
+                --checkpoint "${WORK_DIR}/results/model-2.pt" --num-samples 0)
+expect_rejected(105 "--batch-size: must be positive, got -1"
+                "${BIN_DIR}/ddpm-sample"
+                --checkpoint "${WORK_DIR}/results/model-2.pt" --batch-size -1)
+expect_rejected(105 "--weights: best not in"
+                "${BIN_DIR}/ddpm-sample"
+                --checkpoint "${WORK_DIR}/results/model-2.pt" --weights best)
+expect_rejected(105 "--limit: Value -2 not in range"
+                "${BIN_DIR}/ddpm-export-idx" --input "${WORK_DIR}/images.idx"
+                --output "${WORK_DIR}/images" --limit -2)
+
+# Images above --max-image-pixels are skipped with a warning each, and
+# training fails once none is left.
+run_program(1 out ${train} ${model_flags} --max-image-pixels 63)
+expect_match("${out}" "8x8 = 64 pixels, more than max_image_pixels = 63")
+expect_match("${out}" "no readable images in")
+
 file(WRITE "${WORK_DIR}/typo.toml" "dimm=8\n")
 run_program(110 out "${BIN_DIR}/ddpm-train" --folder "${WORK_DIR}/images"
             --config "${WORK_DIR}/typo.toml")

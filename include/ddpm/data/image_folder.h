@@ -30,6 +30,9 @@ struct ImageFolderOptions {
   /// cache_max_bytes (size() * channels * height * width bytes).
   bool cache_images = true;
   int64_t cache_max_bytes = int64_t{2} << 30;
+  /// Files whose header declares more pixels (width * height) are skipped
+  /// before decoding, which guards against decompression bombs.
+  int64_t max_image_pixels = kDefaultMaxImagePixels;
 };
 
 /// The images of a folder, decoded, converted to the channel count and
@@ -37,8 +40,11 @@ struct ImageFolderOptions {
 ///
 /// The constructor lists the files (sorted, so the order does not depend on
 /// the file system) and throws when the folder is missing or contains no file
-/// with a known extension. A file that fails to decode is skipped with one
-/// warning naming it and the reason; get() throws once no file is left.
+/// with a known extension. Symbolic links to folders are not followed, and
+/// they and links that cannot be resolved (a loop, a missing target) are
+/// skipped with one warning each. A file that cannot be opened, fails to
+/// decode or exceeds max_image_pixels is skipped with one warning naming it
+/// and the reason. get() throws once no file is left.
 class ImageFolder {
  public:
   explicit ImageFolder(ImageFolderOptions options);

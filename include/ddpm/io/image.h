@@ -16,13 +16,21 @@ struct Image {
   std::vector<uint8_t> pixels;
 };
 
+/// Largest image, in pixels, that decode_image accepts by default: Pillow's
+/// Image.MAX_IMAGE_PIXELS (1024^3 / 4 / 3), about 256 MiB of RGB data.
+constexpr int64_t kDefaultMaxImagePixels = 89478485;
+
 /// Decodes the image file at `path` with stb_image (PNG, JPEG, BMP, TGA, GIF,
 /// PSD, HDR, PIC, PNM) and converts it to `channels` (1: grayscale,
 /// 2: grayscale and alpha, 3: RGB, 4: RGBA). 16-bit and HDR images are
-/// converted to 8 bits, and a GIF yields its first frame. Throws c10::Error
-/// naming the file and the decoder's reason when the file cannot be read or
-/// decoded.
-Image decode_image(const std::string& path, int64_t channels);
+/// converted to 8 bits, a GIF yields its first frame, and a CMYK or YCCK
+/// JPEG with an Adobe APP14 marker is converted to RGB. Throws c10::Error
+/// naming the file and the reason when the file cannot be read or decoded,
+/// or when its header declares more than `max_pixels` pixels. That check
+/// reads only the header, so such a file is rejected before any pixel
+/// memory is allocated.
+Image decode_image(const std::string& path, int64_t channels,
+                   int64_t max_pixels = kDefaultMaxImagePixels);
 
 /// Scales `image` so that it covers `height` x `width` with its aspect ratio
 /// kept, then cuts the centre. An image that already has the output size is
