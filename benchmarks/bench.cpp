@@ -64,6 +64,7 @@ struct Flags {
   int64_t threads = 0;
   uint64_t seed = 0;
   std::string profile;
+  bool channels_last = true;
 };
 
 double seconds_since(Clock::time_point start) {
@@ -104,7 +105,8 @@ void time_and_report(const Flags& f, int64_t images,
         {torch::profiler::impl::ActivityType::CPU});
     prof::enableProfiler(
         torch::profiler::impl::ProfilerConfig(
-            torch::profiler::impl::ProfilerState::KINETO),
+            torch::profiler::impl::ProfilerState::KINETO,
+            /*report_input_shapes=*/true),
         {torch::profiler::impl::ActivityType::CPU});
     run();
     prof::disableProfiler()->save(f.profile);
@@ -149,6 +151,7 @@ void bench_train(const Flags& f, const Config& c) {
             .amp(f.amp)
             .mixed_precision_type(ddpm::MixedPrecision::kBFloat16)
             .num_workers(0)
+            .channels_last(f.channels_last)
             .results_folder((folder / "results").string())
             .save_and_sample_every(1 << 30)
             .write_metrics(false));
@@ -162,6 +165,9 @@ void bench_train(const Flags& f, const Config& c) {
 void bench_sample(const Flags& f, const Config& c) {
   auto diffusion = make_diffusion(c);
   diffusion->eval();
+  if (f.channels_last) {
+    ddpm::set_memory_format(*diffusion, torch::MemoryFormat::ChannelsLast);
+  }
   time_and_report(f, c.sample_batch, [&] {
     c10::InferenceMode inference;
     ddpm::AutocastScope autocast(f.amp, torch::kCPU, torch::kBFloat16);
@@ -224,6 +230,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--seed", f.seed, "Seed of weights and noise")
       ->capture_default_str();
+  app.add_flag("--channels-last,!--no-channels-last", f.channels_last,
+               "Convolution weights in channels-last format (default: on)");
   app.add_option("--profile", f.profile,
                  "Profile one more iteration and write a Chrome trace here");
   CLI11_PARSE(app, argc, argv);

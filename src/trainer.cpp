@@ -178,6 +178,10 @@ Trainer::Trainer(GaussianDiffusion diffusion, TrainerOptions options)
   model_->to(o.device());
   ema_model_ = make_copy(model_);
   ema_model_->to(o.device());
+  if (o.channels_last()) {
+    set_memory_format(*model_, torch::MemoryFormat::ChannelsLast);
+    set_memory_format(*ema_model_, torch::MemoryFormat::ChannelsLast);
+  }
   ema_model_->eval();
   EmaOptions ema_options;
   ema_options.decay = o.ema_decay();

@@ -436,4 +436,19 @@ torch::Tensor UnetImpl::forward(const torch::Tensor& x_in,
   return final_conv(x);
 }
 
+void set_memory_format(torch::nn::Module& module, c10::MemoryFormat format) {
+  torch::NoGradGuard no_grad;
+  auto convert = [format](torch::Tensor& tensor) {
+    if (tensor.defined() && tensor.dim() == 4) {
+      tensor.set_data(tensor.contiguous(format));
+    }
+  };
+  for (auto& parameter : module.parameters()) {
+    convert(parameter);
+  }
+  for (auto& buffer : module.buffers()) {
+    convert(buffer);
+  }
+}
+
 } // namespace ddpm

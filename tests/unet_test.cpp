@@ -85,6 +85,26 @@ TEST_F(UnetTest, ParameterNamesFollowPython) {
   }
 }
 
+TEST_F(UnetTest, ChannelsLastGivesSameOutput) {
+  Unet model(UnetOptions(16).dim_mults({1, 2}).channels(3));
+  model->eval();
+  const auto x = torch::randn({2, 3, 16, 16});
+  const auto t = torch::tensor({3, 700});
+  torch::NoGradGuard no_grad;
+  const auto expected = model(x, t);
+
+  set_memory_format(*model, torch::MemoryFormat::ChannelsLast);
+  auto weight = model->named_parameters()["init_conv.weight"];
+  EXPECT_TRUE(weight.is_contiguous(torch::MemoryFormat::ChannelsLast));
+  EXPECT_FALSE(weight.is_contiguous());
+  const auto actual = model(x, t);
+  EXPECT_TRUE(torch::allclose(actual, expected, 1e-5, 1e-5))
+      << "largest difference " << (actual - expected).abs().max().item<float>();
+
+  set_memory_format(*model, torch::MemoryFormat::Contiguous);
+  EXPECT_TRUE(model->named_parameters()["init_conv.weight"].is_contiguous());
+}
+
 TEST_F(UnetTest, RejectsInvalidOptions) {
   DDPM_EXPECT_THROW_WITH(Unet(UnetOptions(8).dim_mults({})),
                          "dim_mults must have at least one entry");

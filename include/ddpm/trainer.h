@@ -77,6 +77,9 @@ struct TrainerOptions {
   TORCH_ARG(MixedPrecision, mixed_precision_type) = MixedPrecision::kFloat16;
   /// Clip the global gradient norm to this (0: no clipping).
   TORCH_ARG(double, max_grad_norm) = 1.0;
+  /// Keep convolution weights in channels-last memory format, which trains
+  /// faster on the CPU (docs/BENCHMARKS.md); values are unchanged.
+  TORCH_ARG(bool, channels_last) = true;
   /// Device to train on.
   TORCH_ARG(torch::Device, device) = torch::Device(torch::kCPU);
   /// Threads that decode and augment images (0: on the training thread).
