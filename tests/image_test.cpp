@@ -11,6 +11,7 @@
 #include <stb_image_write.h>
 
 #include "ddpm/io/image.h"
+#include "test_util.h"
 
 namespace {
 
@@ -473,4 +474,13 @@ TEST(ImageTest, ImageExtensionsAreLowerCase) {
             (std::vector<std::string>{"png", "jpg", "jpeg", "bmp", "tga",
                                       "gif", "psd", "hdr", "pic", "pnm",
                                       "ppm", "pgm"}));
+}
+
+// An input found by the fuzzer: its Huffman table declares more than 256
+// codes, on which stb_image 2.27 writes out of bounds.
+TEST(ImageTest, DecodeRejectsOversizedHuffmanTable) {
+  const std::string path = std::string(DDPM_SOURCE_DIR) +
+      "/tests/fuzz/regressions/image_folder/jpeg-huffman-overflow.jpg";
+  DDPM_EXPECT_THROW_WITH(ddpm::decode_image(path, 3),
+                         "corrupt JPEG, a Huffman table declares");
 }

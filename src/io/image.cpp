@@ -187,6 +187,50 @@ std::optional<std::pair<int64_t, int64_t>> declared_png_or_jpeg_size(
   return std::nullopt;
 }
 
+// Checks that no Huffman table (DHT segment) of a JPEG declares more than
+// 256 codes. stb_image 2.27, the version Debian ships, does not check this
+// and writes past its 257-entry code-length array on such a file (found by
+// tests/fuzz/image_folder_fuzz); stb 2.28 added the check. The walk skips
+// entropy-coded data between scans up to the next marker.
+void check_jpeg_huffman_tables(const std::vector<uint8_t>& bytes,
+                               const std::string& path) {
+  size_t offset = 2;
+  while (offset + 4 <= bytes.size()) {
+    if (bytes[offset] != 0xff) {
+      ++offset; // entropy-coded data
+      continue;
+    }
+    const uint8_t marker = bytes[offset + 1];
+    const bool standalone = marker == 0x00 || marker == 0x01 ||
+                            marker == 0xff ||
+                            (marker >= 0xd0 && marker <= 0xd7);
+    if (standalone) {
+      offset += marker == 0xff ? 1 : 2;
+      continue;
+    }
+    if (marker == 0xd9) {
+      return; // end of image
+    }
+    const size_t length = read_big_endian(bytes, offset + 2, 2);
+    if (marker == 0xc4) {
+      const size_t end = std::min(bytes.size(), offset + 2 + length);
+      size_t table = offset + 4;
+      // Each table: class and id (1 byte), code counts per length (16).
+      while (table + 17 <= end) {
+        size_t codes = 0;
+        for (size_t i = 1; i <= 16; ++i) {
+          codes += bytes[table + i];
+        }
+        TORCH_CHECK(codes <= 256, "failed to decode ", std::quoted(path),
+                    ": corrupt JPEG, a Huffman table declares ", codes,
+                    " codes, more than 256");
+        table += 17 + codes;
+      }
+    }
+    offset += 2 + length;
+  }
+}
+
 // Returns the first bytes of `bytes` in hexadecimal, e.g. "6e 6f 74 20".
 std::string leading_bytes_hex(const std::vector<uint8_t>& bytes) {
   constexpr size_t kShown = 8;
@@ -311,6 +355,10 @@ Image decode_image(const std::string& path, int64_t channels,
                 ": its header declares ", declared_width, "x",
                 declared_height, " = ", pixels,
                 " pixels, more than max_image_pixels = ", max_pixels);
+  }
+
+  if (format == "JPEG") {
+    check_jpeg_huffman_tables(bytes, path);
   }
 
   // stb converts to the requested channel count (gray = weighted RGB sum,

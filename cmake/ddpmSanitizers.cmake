@@ -1,0 +1,23 @@
+# Compiler instrumentation for the sanitizer and fuzzing builds. It applies
+# to every target of this project; LibTorch itself stays uninstrumented.
+
+if(DDPM_SANITIZE)
+  # Any UndefinedBehaviorSanitizer report fails the program, so a test that
+  # triggers one fails. The vptr check is off because LibTorch's classes
+  # come from a library built without it.
+  add_compile_options(-fsanitize=address,undefined
+                      -fno-sanitize-recover=undefined -fno-sanitize=vptr
+                      -fno-omit-frame-pointer)
+  add_link_options(-fsanitize=address,undefined)
+endif()
+
+if(DDPM_FUZZ)
+  if(NOT CMAKE_CXX_COMPILER_ID MATCHES "Clang")
+    message(FATAL_ERROR "DDPM_FUZZ needs clang (libFuzzer), the compiler is "
+                        "${CMAKE_CXX_COMPILER_ID}; configure with "
+                        "-DCMAKE_CXX_COMPILER=clang++")
+  endif()
+  # Coverage feedback from the library's own code; the targets add the
+  # libFuzzer main themselves.
+  add_compile_options(-fsanitize=fuzzer-no-link)
+endif()
