@@ -160,6 +160,7 @@ Trainer::Trainer(GaussianDiffusion diffusion, TrainerOptions options)
   }
 
   check_writable_folder(o.results_folder());
+  remove_stale_temporary_files(o.results_folder());
 
   ImageFolderOptions data;
   data.folder = o.folder();
@@ -358,6 +359,20 @@ double Trainer::run_step(
       parameters_,
       options_.max_grad_norm() > 0 ? options_.max_grad_norm()
                                    : std::numeric_limits<double>::infinity());
+  // Without loss scaling a non-finite loss or gradient would turn every
+  // weight into NaN at the optimizer step, and the next checkpoint would
+  // store them. Stop before that step instead. (With fp16 loss scaling the
+  // scaler skips the step and lowers the scale, as Python's GradScaler.)
+  if (!scaler_.enabled() &&
+      (!std::isfinite(total_loss) || !std::isfinite(last_grad_norm_))) {
+    optimizer_->zero_grad();
+    TORCH_CHECK(false, "step ", step_ + 1, ": the loss is ", total_loss,
+                " and the gradient norm ", last_grad_norm_,
+                "; training stopped before the optimizer step, so the "
+                "weights and the checkpoints in \"", options_.results_folder(),
+                "\" are unchanged. Check the data for NaN or infinite "
+                "values, or lower train_lr = ", options_.train_lr());
+  }
   last_learning_rate_ = learning_rate_at(step_);
   for (auto& group : optimizer_->param_groups()) {
     group.options().set_lr(last_learning_rate_);

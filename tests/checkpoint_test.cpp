@@ -220,11 +220,20 @@ TEST_F(CheckpointTest, ReaderRejectsUnsupportedGlobal) {
                          "unsupported global \"os system\"");
 }
 
+// A zip header found by the fuzzer that declares a 4 GiB record in a file
+// of 3 KiB; LibTorch would allocate the 4 GiB before reading.
+TEST_F(CheckpointTest, ReaderRejectsOversizedRecord) {
+  const std::string path = std::string(DDPM_SOURCE_DIR) +
+      "/tests/fuzz/regressions/checkpoint/record-size-4gb.pt";
+  DDPM_EXPECT_THROW_WITH(load_checkpoint(path),
+                         "declares 4294967295 bytes, more than the file's");
+}
+
 TEST_F(CheckpointTest, ReaderRejectsTruncatedPickle) {
   TemporaryFolder folder;
   // PROTO 2, BINUNICODE of 100 bytes with only 3 present
   const std::string pickle =
-      std::string("\x80\x02X\x64\x00\x00\x00abc", 10);
+      std::string("\x80\x02X\x64\x00\x00\x00" "abc", 10);
   DDPM_EXPECT_THROW_WITH(read_torch_save(write_archive(folder, pickle)),
                          "at byte 7: the data ends early");
 }

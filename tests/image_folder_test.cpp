@@ -267,7 +267,9 @@ TEST(ImageFolderTest, RejectsEachInvalidOption) {
           {with([](auto& o) { o.folder = ""; }),
            "image folder does not exist: \"\""},
       };
-  for (const auto& [options, expected] : cases) {
+  for (const auto& [invalid, expected] : cases) {
+    // A copy, because clang 14 cannot capture structured bindings.
+    const auto options = invalid;
     const std::string message =
         error_message([&] { ddpm::ImageFolder folder(options); });
     EXPECT_NE(message.find(expected), std::string::npos)
@@ -637,7 +639,9 @@ TEST(BatchLoaderErrorTest, RejectsEachInvalidOption) {
           {with([](auto& o) { o.start_batch = -1; }),
            "start_batch must be at least 0, got -1"},
       };
-  for (const auto& [options, expected] : cases) {
+  for (const auto& [invalid, expected] : cases) {
+    // A copy, because clang 14 cannot capture structured bindings.
+    const auto options = invalid;
     const std::string message =
         error_message([&] { ddpm::BatchLoader loader(dataset, options); });
     EXPECT_NE(message.find(expected), std::string::npos)

@@ -484,3 +484,30 @@ TEST(ImageTest, DecodeRejectsOversizedHuffmanTable) {
   DDPM_EXPECT_THROW_WITH(ddpm::decode_image(path, 3),
                          "corrupt JPEG, a Huffman table declares");
 }
+
+// Every input that once made the image fuzz target fail must now decode or
+// raise c10::Error; under the sanitizer build this also checks memory use.
+TEST(ImageTest, DecodeFuzzRegressionsFailCleanly) {
+  const std::filesystem::path folder =
+      std::filesystem::path(DDPM_SOURCE_DIR) / "tests/fuzz/regressions/image_folder";
+  int files = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(folder)) {
+    ++files;
+    try {
+      const auto image = ddpm::decode_image(entry.path().string(), 3);
+      EXPECT_EQ(int64_t(image.pixels.size()),
+                image.height * image.width * 3) << entry.path();
+    } catch (const c10::Error&) {
+    }
+  }
+  EXPECT_GE(files, 6);
+}
+
+TEST(ImageTest, DecodeRejectsSizeBeyondLimit) {
+  const std::string path = std::string(DDPM_SOURCE_DIR) +
+      "/tests/fuzz/regressions/image_folder/png-size-overflow.png";
+  DDPM_EXPECT_THROW_WITH(ddpm::decode_image(path, 3),
+                         "declares 4294967295x4294920516 = "
+                         "18446543150844524220 pixels, more than "
+                         "max_image_pixels = 89478485");
+}

@@ -1,8 +1,10 @@
 #include "ddpm/io/checkpoint.h"
 
 #include "ddpm/io/torch_pickle.h"
+#include "ddpm/log.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -304,6 +306,44 @@ void write_file_atomically(const std::string& path,
     ::unlink(temporary.c_str());
     TORCH_CHECK(false, message);
   }
+  // The rename is durable once the folder's entry is on disk.
+  auto folder = std::filesystem::path(path).parent_path();
+  const int folder_fd =
+      ::open(folder.empty() ? "." : folder.c_str(), O_RDONLY | O_DIRECTORY);
+  if (folder_fd >= 0) {
+    ::fsync(folder_fd);
+    ::close(folder_fd);
+  }
+}
+
+std::vector<std::string> remove_stale_temporary_files(
+    const std::string& folder) {
+  std::vector<std::string> removed;
+  std::error_code error;
+  for (const auto& entry :
+       std::filesystem::directory_iterator(folder, error)) {
+    const std::string name = entry.path().filename().string();
+    const auto marker = name.rfind(".tmp-");
+    if (marker == std::string::npos || !entry.is_regular_file(error)) {
+      continue;
+    }
+    const std::string digits = name.substr(marker + 5);
+    if (digits.empty() ||
+        digits.find_first_not_of("0123456789") != std::string::npos ||
+        digits.size() > 9) {
+      continue;
+    }
+    const auto pid = static_cast<pid_t>(std::stol(digits));
+    if (pid <= 0 || ::kill(pid, 0) == 0 || errno != ESRCH) {
+      continue; // its writer may still run
+    }
+    if (std::filesystem::remove(entry.path(), error)) {
+      log_info("removed \"" + entry.path().string() +
+               "\", an unfinished write of a process that no longer runs");
+      removed.push_back(entry.path().string());
+    }
+  }
+  return removed;
 }
 
 void save_checkpoint(const Checkpoint& checkpoint, const std::string& path) {

@@ -194,7 +194,16 @@ std::optional<std::pair<int64_t, int64_t>> declared_png_or_jpeg_size(
 // entropy-coded data between scans up to the next marker.
 void check_jpeg_huffman_tables(const std::vector<uint8_t>& bytes,
                                const std::string& path) {
-  size_t offset = 2;
+  // stb takes any run of 0xff fill bytes before the start-of-image marker
+  // 0xd8 as a JPEG too.
+  size_t offset = 0;
+  while (offset < bytes.size() && bytes[offset] == 0xff) {
+    ++offset;
+  }
+  if (offset == 0 || offset >= bytes.size() || bytes[offset] != 0xd8) {
+    return;
+  }
+  ++offset;
   while (offset + 4 <= bytes.size()) {
     if (bytes[offset] != 0xff) {
       ++offset; // entropy-coded data
@@ -212,22 +221,31 @@ void check_jpeg_huffman_tables(const std::vector<uint8_t>& bytes,
       return; // end of image
     }
     const size_t length = read_big_endian(bytes, offset + 2, 2);
-    if (marker == 0xc4) {
-      const size_t end = std::min(bytes.size(), offset + 2 + length);
-      size_t table = offset + 4;
-      // Each table: class and id (1 byte), code counts per length (16).
-      while (table + 17 <= end) {
-        size_t codes = 0;
-        for (size_t i = 1; i <= 16; ++i) {
-          codes += bytes[table + i];
-        }
-        TORCH_CHECK(codes <= 256, "failed to decode ", std::quoted(path),
-                    ": corrupt JPEG, a Huffman table declares ", codes,
-                    " codes, more than 256");
-        table += 17 + codes;
-      }
+    if (marker != 0xc4) {
+      offset += 2 + length;
+      continue;
     }
-    offset += 2 + length;
+    // Read the tables as stb does: while the segment length says more
+    // follows, even past the segment's end, with bytes past the end of the
+    // file as zeros. Each table is a class and id byte, 16 code counts and
+    // the codes; stb goes on at the end of the last table.
+    auto byte_at = [&bytes](size_t index) -> size_t {
+      return index < bytes.size() ? bytes[index] : 0;
+    };
+    int64_t remaining = int64_t(length) - 2;
+    size_t table = offset + 4;
+    while (remaining > 0 && table < bytes.size()) {
+      size_t codes = 0;
+      for (size_t i = 1; i <= 16; ++i) {
+        codes += byte_at(table + i);
+      }
+      TORCH_CHECK(codes <= 256, "failed to decode ", std::quoted(path),
+                  ": corrupt JPEG, a Huffman table declares ", codes,
+                  " codes, more than 256");
+      table += 17 + codes;
+      remaining -= int64_t(17 + codes);
+    }
+    offset = std::max(table, offset + 4);
   }
 }
 
@@ -337,28 +355,29 @@ Image decode_image(const std::string& path, int64_t channels,
               std::quoted(path), ": the file has ", bytes.size(),
               " bytes, more than the decoder accepts (", INT_MAX, ")");
 
+  // Before any stb call, because stbi_info also builds Huffman tables.
+  check_jpeg_huffman_tables(bytes, path);
+  const std::string format = format_from_signature(bytes);
+
   int width = 0;
   int height = 0;
   int channels_in_file = 0;
   const bool header_parsed =
       stbi_info_from_memory(bytes.data(), static_cast<int>(bytes.size()),
                             &width, &height, &channels_in_file) != 0;
-  const std::string format = format_from_signature(bytes);
   auto declared = declared_png_or_jpeg_size(bytes, format);
   if (!declared && header_parsed) {
     declared = std::pair<int64_t, int64_t>(width, height);
   }
   if (declared) {
     const auto [declared_width, declared_height] = *declared;
-    const int64_t pixels = declared_width * declared_height;
-    TORCH_CHECK(pixels <= max_pixels, "failed to decode ", std::quoted(path),
-                ": its header declares ", declared_width, "x",
-                declared_height, " = ", pixels,
+    // Both sides are below 2^32, so the product fits in 64 bits unsigned.
+    const uint64_t pixels =
+        uint64_t(declared_width) * uint64_t(declared_height);
+    TORCH_CHECK(pixels <= uint64_t(max_pixels), "failed to decode ",
+                std::quoted(path), ": its header declares ", declared_width,
+                "x", declared_height, " = ", pixels,
                 " pixels, more than max_image_pixels = ", max_pixels);
-  }
-
-  if (format == "JPEG") {
-    check_jpeg_huffman_tables(bytes, path);
   }
 
   // stb converts to the requested channel count (gray = weighted RGB sum,

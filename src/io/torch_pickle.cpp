@@ -1,6 +1,9 @@
 #include "ddpm/io/torch_pickle.h"
 
 #include <cstring>
+#include <filesystem>
+#include <string>
+#include <tuple>
 #include <unordered_map>
 
 #include <caffe2/serialize/inline_container.h>
@@ -36,6 +39,21 @@ torch::ScalarType storage_dtype(const std::string& global) {
   TORCH_CHECK(found != types.end(), "unsupported storage type \"", global,
               "\"");
   return found->second;
+}
+
+// Reads a record of the archive after checking that its declared size fits
+// in the file. torch.save stores records uncompressed, so a larger size is
+// a corrupt header, and LibTorch would allocate all of it before reading.
+std::tuple<at::DataPtr, size_t> read_record(
+    caffe2::serialize::PyTorchStreamReader& archive, const std::string& name,
+    const std::string& path) {
+  std::error_code error;
+  const auto file_size = std::filesystem::file_size(path, error);
+  const size_t declared = archive.getRecordSize(name);
+  TORCH_CHECK(!error && declared <= file_size, "\"", path, "\" is corrupt: ",
+              "record \"", name, "\" declares ", declared,
+              " bytes, more than the file's ", file_size);
+  return archive.getRecord(name);
 }
 
 class Unpickler {
@@ -193,7 +211,7 @@ class Unpickler {
     const std::string record = "data/" + key;
     TORCH_CHECK(numel >= 0 && archive_.hasRecord(record),
                 error(at, "missing tensor data \"", record, "\""));
-    auto [bytes, size] = archive_.getRecord(record);
+    auto [bytes, size] = read_record(archive_, record, path_);
     const size_t expected = size_t(numel) * c10::elementSize(dtype);
     TORCH_CHECK(size == expected,
                 error(at, "tensor data \"", record, "\" has ", size,
@@ -426,14 +444,14 @@ c10::IValue read_torch_save(const std::string& path) {
                 error.what_without_backtrace());
   }
   if (archive->hasRecord("byteorder")) {
-    auto [bytes, size] = archive->getRecord("byteorder");
+    auto [bytes, size] = read_record(*archive, "byteorder", path);
     const std::string order(static_cast<const char*>(bytes.get()), size);
     TORCH_CHECK(order == "little", "\"", path, "\" stores ", order,
                 "-endian tensors; only little-endian files are supported");
   }
   TORCH_CHECK(archive->hasRecord("data.pkl"), "\"", path,
               "\" has no data.pkl record");
-  auto [bytes, size] = archive->getRecord("data.pkl");
+  auto [bytes, size] = read_record(*archive, "data.pkl", path);
   Unpickler unpickler(path, *archive, static_cast<const char*>(bytes.get()),
                       size);
   return unpickler.run();

@@ -68,9 +68,18 @@ void save_checkpoint(const Checkpoint& checkpoint, const std::string& path);
 /// and the cause when the file is missing, truncated or not a checkpoint.
 Checkpoint load_checkpoint(const std::string& path);
 
-/// Writes `bytes` to `path` through a temporary file and a rename.
+/// Writes `bytes` to `path` through a temporary file `path.tmp-<pid>`, an
+/// fsync and a rename, then syncs the folder so the rename survives a power
+/// loss. A reader sees the old file or the new one, never a part. When any
+/// step fails the temporary file is removed and the error names the path.
 void write_file_atomically(const std::string& path,
                            const std::vector<char>& bytes);
+
+/// Removes the temporary files `*.tmp-<pid>` in `folder` that processes
+/// which no longer run left behind (a writer killed mid-write), logging
+/// each. Files of running processes stay. Returns the paths removed.
+std::vector<std::string> remove_stale_temporary_files(
+    const std::string& folder);
 
 /// Version string stored in checkpoints.
 const char* library_version();
