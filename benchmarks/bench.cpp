@@ -21,6 +21,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,7 @@
 #include <torch/torch.h>
 
 #include "ddpm/autocast.h"
+#include "ddpm/cuda_graph_sampler.h"
 #include "ddpm/io/image.h"
 #include "ddpm/log.h"
 #include "ddpm/trainer.h"
@@ -48,9 +50,15 @@ struct Config {
   int64_t ddpm_steps;  // 0: sample with the full sampler instead
 };
 
+// G: the GPU configuration, Unet(dim 64, dim_mults 1 2 4 8) at 128 x 128;
+// train = one Trainer step at batch 32, sample = DDIM, 64 images, 50 steps.
+
 Config config_named(const std::string& name) {
   if (name == "S") {
     return {32, {1, 2, 4}, 1, 28, 32, 16, 50, 0};
+  }
+  if (name == "G") {
+    return {64, {1, 2, 4, 8}, 3, 128, 32, 64, 50, 0};
   }
   return {64, {1, 2, 4, 8}, 3, 64, 8, 4, std::nullopt, 10};
 }
@@ -65,7 +73,20 @@ struct Flags {
   uint64_t seed = 0;
   std::string profile;
   bool channels_last = true;
+  std::string device = "cpu";
+  std::string precision;  // fp32, bf16 or fp16; --amp means bf16
+  int64_t sample_batch = 0;
+  bool cuda_graphs = false;
 };
+
+bool on_cuda(const Flags& f) { return torch::Device(f.device).is_cuda(); }
+
+// Waits for queued GPU work, so that a timing covers it.
+void synchronize(const Flags& f) {
+  if (on_cuda(f)) {
+    torch::cuda::synchronize();
+  }
+}
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
@@ -89,10 +110,12 @@ void time_and_report(const Flags& f, int64_t images,
   for (int64_t i = 0; i < f.warmup; ++i) {
     run();
   }
+  synchronize(f);
   std::vector<double> seconds;
   for (int64_t i = 0; i < f.iters; ++i) {
     const auto start = Clock::now();
     run();
+    synchronize(f);
     seconds.push_back(seconds_since(start));
   }
   if (!f.profile.empty()) {
@@ -117,12 +140,15 @@ void time_and_report(const Flags& f, int64_t images,
     list += (list.empty() ? "" : ", ") + std::to_string(s);
   }
   std::printf("{\"impl\": \"cpp\", \"config\": \"%s\", \"task\": \"%s\", "
-              "\"amp\": %s, \"threads\": %d, \"median_s\": %.6f, "
-              "\"images_per_s\": %.6f, \"peak_rss_mib\": %.3f, "
-              "\"seconds\": [%s]}\n",
+              "\"amp\": %s, \"precision\": \"%s\", \"device\": \"%s\", "
+              "\"batch\": %lld, \"cuda_graphs\": %s, \"threads\": %d, "
+              "\"median_s\": %.6f, \"images_per_s\": %.6f, "
+              "\"peak_rss_mib\": %.3f, \"seconds\": [%s]}\n",
               f.config.c_str(), f.task.c_str(), f.amp ? "true" : "false",
-              torch::get_num_threads(), mid, double(images) / mid,
-              peak_rss_mib(), list.c_str());
+              f.precision.c_str(), f.device.c_str(),
+              static_cast<long long>(images),
+              f.cuda_graphs ? "true" : "false", torch::get_num_threads(), mid,
+              double(images) / mid, peak_rss_mib(), list.c_str());
 }
 
 ddpm::GaussianDiffusion make_diffusion(const Config& c) {
@@ -148,8 +174,11 @@ void bench_train(const Flags& f, const Config& c) {
         make_diffusion(c),
         ddpm::TrainerOptions((folder / "images").string())
             .train_batch_size(c.train_batch)
-            .amp(f.amp)
-            .mixed_precision_type(ddpm::MixedPrecision::kBFloat16)
+            .amp(f.precision != "fp32")
+            .mixed_precision_type(f.precision == "fp16"
+                                      ? ddpm::MixedPrecision::kFloat16
+                                      : ddpm::MixedPrecision::kBFloat16)
+            .device(torch::Device(f.device))
             .num_workers(0)
             .channels_last(f.channels_last)
             .results_folder((folder / "results").string())
@@ -164,19 +193,39 @@ void bench_train(const Flags& f, const Config& c) {
 
 void bench_sample(const Flags& f, const Config& c) {
   auto diffusion = make_diffusion(c);
+  diffusion->to(torch::Device(f.device));
   diffusion->eval();
   if (f.channels_last) {
     ddpm::set_memory_format(*diffusion, torch::MemoryFormat::ChannelsLast);
   }
-  time_and_report(f, c.sample_batch, [&] {
+  const int64_t batch = f.sample_batch > 0 ? f.sample_batch : c.sample_batch;
+  const auto autocast_dtype =
+      f.precision == "fp16" ? torch::kFloat16 : torch::kBFloat16;
+  const auto device_type = torch::Device(f.device).type();
+  std::unique_ptr<ddpm::CudaGraphSampler> graph;
+  if (f.cuda_graphs) {
+    ddpm::AutocastScope autocast(f.precision != "fp32", device_type,
+                                 autocast_dtype);
+    graph = std::make_unique<ddpm::CudaGraphSampler>(diffusion, batch);
+    if (!graph->uses_graph()) {
+      std::fprintf(stderr, "CUDA Graphs not used: %s\n",
+                   graph->fallback_reason().c_str());
+    }
+  }
+  time_and_report(f, batch, [&] {
     c10::InferenceMode inference;
-    ddpm::AutocastScope autocast(f.amp, torch::kCPU, torch::kBFloat16);
-    if (c.ddpm_steps == 0) {
-      diffusion->sample(c.sample_batch);
+    ddpm::AutocastScope autocast(f.precision != "fp32", device_type,
+                                 autocast_dtype);
+    if (graph) {
+      graph->sample();
       return;
     }
-    auto img = torch::randn(
-        {c.sample_batch, c.channels, c.image_size, c.image_size});
+    if (c.ddpm_steps == 0) {
+      diffusion->sample(batch);
+      return;
+    }
+    auto img = torch::randn({batch, c.channels, c.image_size, c.image_size},
+                            torch::TensorOptions().device(f.device));
     for (int64_t t = 999; t > 999 - c.ddpm_steps; --t) {
       img = diffusion->p_sample(img, t).first;
     }
@@ -211,13 +260,24 @@ void bench_matmul(const Flags& f) {
 int main(int argc, char** argv) {
   CLI::App app{"Times one training or sampling case of this library"};
   Flags f;
-  app.add_option("--config", f.config, "Model and batch sizes: S or M")
-      ->check(CLI::IsMember({"S", "M"}))
+  app.add_option("--config", f.config, "Model and batch sizes: S, M or G")
+      ->check(CLI::IsMember({"S", "M", "G"}))
       ->capture_default_str();
   app.add_option("--task", f.task, "train, sample or matmul")
       ->check(CLI::IsMember({"train", "sample", "matmul"}))
       ->capture_default_str();
-  app.add_flag("--amp", f.amp, "bf16 autocast on the CPU");
+  app.add_flag("--amp", f.amp, "bf16 autocast (same as --precision bf16)");
+  app.add_option("--precision", f.precision,
+                 "fp32, or autocast to bf16 or fp16 (fp16 trains with loss "
+                 "scaling, CUDA only)")
+      ->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
+  app.add_option("--device", f.device, "Device, e.g. cpu or cuda:0")
+      ->capture_default_str();
+  app.add_option("--sample-batch", f.sample_batch,
+                 "Images per sampling run (0: the configuration's)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_flag("--cuda-graphs", f.cuda_graphs,
+               "Sample through a captured CUDA Graph (DDIM on CUDA)");
   app.add_option("--warmup", f.warmup, "Untimed iterations first")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
@@ -236,6 +296,10 @@ int main(int argc, char** argv) {
                  "Profile one more iteration and write a Chrome trace here");
   CLI11_PARSE(app, argc, argv);
 
+  if (f.precision.empty()) {
+    f.precision = f.amp ? "bf16" : "fp32";
+  }
+  f.amp = f.precision != "fp32";
   if (f.threads > 0) {
     torch::set_num_threads(int(f.threads));
   }

@@ -8,6 +8,8 @@ turn. Cases:
      train = one Trainer step at batch 32, sample = DDIM, 16 images, 50 steps.
   M: Unet(dim=64, dim_mults=(1, 2, 4, 8)), 3 channels, 64 x 64 images;
      train = one Trainer step at batch 8, sample = 10 DDPM steps at batch 4.
+  G: the GPU case, Unet(dim=64, dim_mults=(1, 2, 4, 8)) at 128 x 128;
+     train at batch 32, sample = DDIM, 64 images, 50 steps.
 
 A training step does what one step of the Python Trainer does with
 gradient_accumulate_every=1: loss under autocast, backward, gradient
@@ -29,7 +31,11 @@ CONFIGS = {
               train_batch=32, sample_batch=16, sampling_timesteps=50),
     "M": dict(dim=64, dim_mults=(1, 2, 4, 8), channels=3, image_size=64,
               train_batch=8, sample_batch=4, ddpm_steps=10),
+    "G": dict(dim=64, dim_mults=(1, 2, 4, 8), channels=3, image_size=128,
+              train_batch=32, sample_batch=64, sampling_timesteps=50),
 }
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def build(config, compile_model):
@@ -44,19 +50,30 @@ def build(config, compile_model):
     return diffusion, ema
 
 
-def make_train_step(config, diffusion, ema, amp):
+def autocast(device, precision):
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES.get(precision),
+                          enabled=precision != "fp32")
+
+
+def make_train_step(config, diffusion, ema, device, precision):
     optimizer = torch.optim.Adam(diffusion.parameters(), lr=1e-4,
                                  betas=(0.9, 0.99))
+    # fp16 needs loss scaling, as the Python Trainer's accelerate applies.
+    scaler = torch.amp.GradScaler(device.type,
+                                  enabled=precision == "fp16")
     size = config["image_size"]
-    batch = torch.rand(config["train_batch"], config["channels"], size, size)
+    batch = torch.rand(config["train_batch"], config["channels"], size, size,
+                       device=device)
 
     def step():
         diffusion.train()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        with autocast(device, precision):
             loss = diffusion(batch)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(diffusion.parameters(), 1.0)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad()
         ema.update()
         return loss.item()
@@ -64,19 +81,18 @@ def make_train_step(config, diffusion, ema, amp):
     return step, config["train_batch"]
 
 
-def make_sample(config, diffusion, amp):
+def make_sample(config, diffusion, device, precision, batch):
     diffusion.eval()
-    batch = config["sample_batch"]
 
     def sample():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        with autocast(device, precision), torch.inference_mode():
             if "ddpm_steps" in config:
-                with torch.inference_mode():
-                    size = config["image_size"]
-                    img = torch.randn(batch, config["channels"], size, size)
-                    for t in reversed(range(1000 - config["ddpm_steps"], 1000)):
-                        img, _ = diffusion.p_sample(img, t)
-                    return img
+                size = config["image_size"]
+                img = torch.randn(batch, config["channels"], size, size,
+                                  device=device)
+                for t in reversed(range(1000 - config["ddpm_steps"], 1000)):
+                    img, _ = diffusion.p_sample(img, t)
+                return img
             return diffusion.sample(batch_size=batch)
 
     return sample, batch
@@ -87,7 +103,12 @@ def main():
     parser.add_argument("--config", choices=sorted(CONFIGS), required=True)
     parser.add_argument("--task", choices=("train", "sample"), required=True)
     parser.add_argument("--amp", action="store_true",
-                        help="bf16 autocast on the CPU")
+                        help="bf16 autocast (same as --precision bf16)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
+                        help="fp32, or autocast to bf16 or fp16")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--sample-batch", type=int, default=0,
+                        help="images per sampling run (0: the config's)")
     parser.add_argument("--compile", action="store_true",
                         help="wrap the Unet in torch.compile")
     parser.add_argument("--warmup", type=int, default=2,
@@ -101,19 +122,31 @@ def main():
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
+    precision = args.precision or ("bf16" if args.amp else "fp32")
+    device = torch.device(args.device)
     config = CONFIGS[args.config]
     diffusion, ema = build(config, args.compile)
+    diffusion.to(device)
+    ema.to(device)
     if args.task == "train":
-        run, images = make_train_step(config, diffusion, ema, args.amp)
+        run, images = make_train_step(config, diffusion, ema, device,
+                                      precision)
     else:
-        run, images = make_sample(config, diffusion, args.amp)
+        batch = args.sample_batch or config["sample_batch"]
+        run, images = make_sample(config, diffusion, device, precision, batch)
+
+    def synchronize():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
     for _ in range(args.warmup):
         run()
+    synchronize()
     seconds = []
     for _ in range(args.iters):
         start = time.perf_counter()
         run()
+        synchronize()
         seconds.append(time.perf_counter() - start)
 
     if args.profile:
@@ -126,7 +159,9 @@ def main():
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({
         "impl": "python-compile" if args.compile else "python",
-        "config": args.config, "task": args.task, "amp": args.amp,
+        "config": args.config, "task": args.task,
+        "amp": precision != "fp32", "precision": precision,
+        "device": args.device, "batch": images,
         "threads": torch.get_num_threads(),
         "median_s": median, "images_per_s": images / median,
         "peak_rss_mib": peak_kib / 1024.0, "seconds": seconds,

@@ -35,6 +35,8 @@ struct TrainFlags {
   std::string mixed_precision_type = "fp16";
   double max_grad_norm = 1.0;
   std::string device = "cpu";
+  bool cudnn_benchmark = false;
+  bool channels_last = true;
   int64_t num_workers = 2;
   int64_t max_image_pixels = ddpm::kDefaultMaxImagePixels;
   int64_t threads = 0;
@@ -97,6 +99,12 @@ void add_train_flags(CLI::App& app, TrainFlags& f) {
   app.add_option("--max-grad-norm", f.max_grad_norm,
                  "Clip the gradient norm to this (0: no clipping)")
       ->capture_default_str()->group(group)->check(ddpm::cli::non_negative());
+  app.add_flag("--cudnn-benchmark", f.cudnn_benchmark,
+               "Let cuDNN time convolution algorithms and keep the fastest "
+               "(CUDA only)");
+  app.add_flag("--channels-last,!--no-channels-last", f.channels_last,
+               "Convolution weights in channels-last memory format, faster "
+               "on the CPU (default: on)");
   app.add_option("--device", f.device, "Device, e.g. cpu or cuda:0")
       ->capture_default_str()->group(group);
   app.add_option("--num-workers", f.num_workers,
@@ -238,6 +246,8 @@ int main(int argc, char** argv) {
             ddpm::mixed_precision_from_string(flags.mixed_precision_type))
         .max_grad_norm(flags.max_grad_norm)
         .device(torch::Device(flags.device))
+        .cudnn_benchmark(flags.cudnn_benchmark)
+        .channels_last(flags.channels_last)
         .num_workers(flags.num_workers)
         .max_image_pixels(flags.max_image_pixels)
         .seed(flags.seed)

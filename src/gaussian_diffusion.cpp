@@ -411,15 +411,23 @@ std::pair<torch::Tensor, torch::Tensor> GaussianDiffusionImpl::ddim_step(
                            torch::TensorOptions()
                                .dtype(torch::kLong)
                                .device(x.device()));
+  if (time_next < 0) {
+    auto prediction = model_predictions(x, times, x_self_cond,
+                                        /*clip_x_start=*/true,
+                                        /*rederive_pred_noise=*/true);
+    return {prediction.pred_x_start, prediction.pred_x_start};
+  }
+  return ddim_update(x, times, alphas_cumprod[time], alphas_cumprod[time_next],
+                     x_self_cond);
+}
+
+std::pair<torch::Tensor, torch::Tensor> GaussianDiffusionImpl::ddim_update(
+    const torch::Tensor& x, const torch::Tensor& times,
+    const torch::Tensor& alpha, const torch::Tensor& alpha_next,
+    const torch::Tensor& x_self_cond) {
   auto prediction = model_predictions(x, times, x_self_cond,
                                       /*clip_x_start=*/true,
                                       /*rederive_pred_noise=*/true);
-  if (time_next < 0) {
-    return {prediction.pred_x_start, prediction.pred_x_start};
-  }
-
-  auto alpha = alphas_cumprod[time];
-  auto alpha_next = alphas_cumprod[time_next];
   const double eta = options.ddim_sampling_eta();
   auto sigma =
       eta * ((1 - alpha / alpha_next) * (1 - alpha_next) / (1 - alpha)).sqrt();

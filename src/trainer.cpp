@@ -195,6 +195,9 @@ Trainer::Trainer(GaussianDiffusion diffusion, TrainerOptions options)
                        .betas({beta1, beta2}));
 
   const bool on_cuda = o.device().is_cuda();
+  if (on_cuda && o.cudnn_benchmark()) {
+    at::globalContext().setBenchmarkCuDNN(true);
+  }
   autocast_ = o.amp();
   if (o.amp() && !on_cuda) {
     autocast_dtype_ = torch::kBFloat16;
@@ -313,7 +316,12 @@ torch::Tensor Trainer::next_batch(double& wait_seconds) {
   const double before = loader_->wait_seconds();
   auto batch = loader_->next();
   wait_seconds += loader_->wait_seconds() - before;
-  return batch.to(options_.device(), /*non_blocking=*/true);
+  if (options_.device().is_cuda()) {
+    // From page-locked memory the copy runs asynchronously, overlapping the
+    // previous step's kernels.
+    return batch.pin_memory().to(options_.device(), /*non_blocking=*/true);
+  }
+  return batch.to(options_.device());
 }
 
 double Trainer::train_step() {

@@ -159,6 +159,15 @@ class GaussianDiffusionImpl : public torch::nn::Module {
   /// Ancestral sampling over all timesteps from noise of `shape`. Returns
   /// images in [0, 1] (auto_normalize), or [B, T + 1, C, H, W] with every
   /// intermediate when return_all_timesteps.
+  /// The DDIM update of ddim_step for a step whose next time is not -1,
+  /// with the schedule values alphas_cumprod[time] and
+  /// alphas_cumprod[time_next] given as 0-dim tensors, so that a captured
+  /// CUDA Graph can replay it for any step.
+  std::pair<torch::Tensor, torch::Tensor> ddim_update(
+      const torch::Tensor& x, const torch::Tensor& times,
+      const torch::Tensor& alpha, const torch::Tensor& alpha_next,
+      const torch::Tensor& x_self_cond = {});
+
   torch::Tensor p_sample_loop(torch::IntArrayRef shape,
                               bool return_all_timesteps = false);
 

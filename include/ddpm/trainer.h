@@ -80,6 +80,9 @@ struct TrainerOptions {
   /// Keep convolution weights in channels-last memory format, which trains
   /// faster on the CPU (docs/BENCHMARKS.md); values are unchanged.
   TORCH_ARG(bool, channels_last) = true;
+  /// Let cuDNN time its convolution algorithms on the first batches and
+  /// keep the fastest (torch.backends.cudnn.benchmark); CUDA only.
+  TORCH_ARG(bool, cudnn_benchmark) = false;
   /// Device to train on.
   TORCH_ARG(torch::Device, device) = torch::Device(torch::kCPU);
   /// Threads that decode and augment images (0: on the training thread).
