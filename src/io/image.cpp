@@ -416,22 +416,42 @@ Image resize_and_center_crop(const Image& image, int64_t height,
   } else {
     resized_height = (image.height * width + image.width - 1) / image.width;
   }
-  const bool same_size =
-      resized_height == image.height && resized_width == image.width;
-  const Image resized =
-      same_size ? Image{} : resize(image, resized_height, resized_width);
-  const Image& source = same_size ? image : resized;
-
   const int64_t top = (resized_height - height) / 2;
   const int64_t left = (resized_width - width) / 2;
+  const bool same_size =
+      resized_height == image.height && resized_width == image.width;
   const int64_t row_bytes = width * image.channels;
   Image cropped{height, width, image.channels,
                 std::vector<uint8_t>(height * row_bytes)};
-  for (int64_t y = 0; y < height; ++y) {
-    const uint8_t* from = source.pixels.data() +
-                          ((top + y) * resized_width + left) * image.channels;
-    std::copy(from, from + row_bytes, cropped.pixels.data() + y * row_bytes);
+  if (same_size) {
+    for (int64_t y = 0; y < height; ++y) {
+      const uint8_t* from = image.pixels.data() +
+                            ((top + y) * image.width + left) * image.channels;
+      std::copy(from, from + row_bytes, cropped.pixels.data() + y * row_bytes);
+    }
+    return cropped;
   }
+
+  // Resize and crop in one pass: stb samples only the output window of the
+  // resized image (the same scale, shifted by the crop offset), so a very
+  // long image costs no more than the output.
+  const int alpha_channel =
+      image.channels == 2 || image.channels == 4
+          ? static_cast<int>(image.channels - 1)
+          : STBIR_ALPHA_CHANNEL_NONE;
+  const int ok = stbir_resize_subpixel(
+      image.pixels.data(), static_cast<int>(image.width),
+      static_cast<int>(image.height), /*input_stride_in_bytes=*/0,
+      cropped.pixels.data(), static_cast<int>(width),
+      static_cast<int>(height), /*output_stride_in_bytes=*/0,
+      STBIR_TYPE_UINT8, static_cast<int>(image.channels), alpha_channel,
+      /*flags=*/0, STBIR_EDGE_CLAMP, STBIR_EDGE_CLAMP, STBIR_FILTER_DEFAULT,
+      STBIR_FILTER_DEFAULT, STBIR_COLORSPACE_LINEAR, /*alloc_context=*/nullptr,
+      float(resized_width) / float(image.width),
+      float(resized_height) / float(image.height), float(left), float(top));
+  TORCH_CHECK(ok, "failed to resize a ", image.width, "x", image.height,
+              " image to ", resized_width, "x", resized_height,
+              " and crop it to ", width, "x", height);
   return cropped;
 }
 
