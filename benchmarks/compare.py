@@ -96,6 +96,9 @@ def main():
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--impls", nargs="+", default=list(IMPLS),
                         choices=IMPLS)
+    parser.add_argument("--compile-rounds", type=int, default=1,
+                        help="rounds that include python-compile (its "
+                             "compilation takes minutes per process)")
     parser.add_argument("--json", help="also write every run to this file")
     args = parser.parse_args()
 
@@ -112,6 +115,9 @@ def main():
     for config, task, precision in cases:
         for round_index in range(args.rounds):
             for impl in args.impls:
+                if impl == "python-compile" and \
+                        round_index >= args.compile_rounds:
+                    continue
                 row = run_worker(impl, args, config, task, precision == "bf16")
                 row["round"] = round_index
                 runs.append(row)
