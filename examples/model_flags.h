@@ -162,6 +162,16 @@ inline void add_model_flags(CLI::App& app, ModelFlags& f) {
 // App::config_to_str writes vector defaults as one quoted string and
 // negatable flags as false, which reads back wrong.
 
+// Adds --channels-last / --no-channels-last, shared by ddpm-train and
+// ddpm-sample.
+inline void add_channels_last_flag(CLI::App& app, bool& channels_last,
+                                   const std::string& group) {
+  app.add_flag("--channels-last,!--no-channels-last", channels_last,
+               "Convolution weights in channels-last memory format, faster "
+               "on the CPU (default: on)")
+      ->group(group);
+}
+
 inline std::string toml_value(bool value) { return value ? "true" : "false"; }
 
 inline std::string toml_value(const std::string& value) {

@@ -147,12 +147,11 @@ int main(int argc, char** argv) {
                  "Seed of the noise; the same seed and batch size give the "
                  "same images")
       ->capture_default_str()->group(group);
-  app.add_flag("--channels-last,!--no-channels-last", flags.channels_last,
-               "Convolution weights in channels-last memory format, faster "
-               "on the CPU (default: on)");
+  ddpm::cli::add_channels_last_flag(app, flags.channels_last, group);
   app.add_flag("--cuda-graphs,!--no-cuda-graphs", flags.cuda_graphs,
                "On CUDA with the DDIM sampler, replay each denoising step "
-               "from a captured CUDA Graph (default: on)");
+               "from a captured CUDA Graph (default: on)")
+      ->group(group);
   app.add_option("--device", flags.device, "Device, e.g. cpu or cuda:0")
       ->capture_default_str()->group(group);
   app.add_option("--threads", flags.threads,

@@ -101,10 +101,9 @@ void add_train_flags(CLI::App& app, TrainFlags& f) {
       ->capture_default_str()->group(group)->check(ddpm::cli::non_negative());
   app.add_flag("--cudnn-benchmark", f.cudnn_benchmark,
                "Let cuDNN time convolution algorithms and keep the fastest "
-               "(CUDA only)");
-  app.add_flag("--channels-last,!--no-channels-last", f.channels_last,
-               "Convolution weights in channels-last memory format, faster "
-               "on the CPU (default: on)");
+               "(CUDA only)")
+      ->group(group);
+  ddpm::cli::add_channels_last_flag(app, f.channels_last, group);
   app.add_option("--device", f.device, "Device, e.g. cpu or cuda:0")
       ->capture_default_str()->group(group);
   app.add_option("--num-workers", f.num_workers,

@@ -225,7 +225,7 @@ void check_jpeg_huffman_tables(const std::vector<uint8_t>& bytes,
       offset += 2 + length;
       continue;
     }
-    // Read the tables as stb does: while the segment length says more
+    // Read the tables as stb does: while the segment length shows more
     // follows, even past the segment's end, with bytes past the end of the
     // file as zeros. Each table is a class and id byte, 16 code counts and
     // the codes; stb goes on at the end of the last table.

@@ -1,5 +1,5 @@
 // libFuzzer target: the pickle reader on its own. The input becomes the
-// data.pkl record of a well-formed torch.save archive that also holds two
+// data.pkl record of a well-formed torch.save archive that also contains two
 // small tensor storages (records "0" and "1"), so mutations reach the
 // opcodes instead of failing the zip checks.
 
