@@ -47,12 +47,68 @@ torch::nn::Conv2d conv2d(int64_t in, int64_t out, int64_t kernel,
 
 // ~~~ RMSNorm ~~~
 
+namespace {
+
+// F.normalize's floor on the norm.
+constexpr double kNormEps = 1e-12;
+
+// x / max(||x||_channels, eps) * g * scale, with the forward pass computed
+// op for op as the composite expression (so values match Python's), but a
+// backward pass that keeps only x and the per-pixel norm. The composite
+// graph also keeps the normalized tensor, one more activation of the size
+// of x for every norm in the Unet.
+class RMSNormFunction : public torch::autograd::Function<RMSNormFunction> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx,
+                               const torch::Tensor& x, const torch::Tensor& g,
+                               double scale) {
+    auto denom = x.norm(2, {1}, /*keepdim=*/true).clamp_min(kNormEps);
+    ctx->save_for_backward({x, g, denom});
+    ctx->saved_data["scale"] = scale;
+    return x / denom * g * scale;
+  }
+
+  static torch::autograd::tensor_list backward(
+      torch::autograd::AutogradContext* ctx,
+      torch::autograd::tensor_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const auto& x = saved[0];
+    const auto& g = saved[1];
+    const auto& denom = saved[2];
+    const double scale = ctx->saved_data["scale"].toDouble();
+    const auto& grad = grad_outputs[0];
+
+    auto normalized = x / denom;
+    torch::Tensor grad_g;
+    if (ctx->needs_input_grad(1)) {
+      grad_g = (grad * normalized).sum({0, 2, 3}, /*keepdim=*/true) * scale;
+    }
+    torch::Tensor grad_x;
+    if (ctx->needs_input_grad(0)) {
+      // d(x / n)/dx = (I - xn xn^T) / n where the norm is above the floor,
+      // and I / eps where it is clamped.
+      auto upstream = grad * (g * scale);
+      auto along = (upstream * normalized).sum(1, /*keepdim=*/true) *
+                   (denom > kNormEps).to(upstream.scalar_type());
+      grad_x = (upstream - normalized * along) / denom;
+    }
+    return {grad_x, grad_g, torch::Tensor()};
+  }
+};
+
+} // namespace
+
 RMSNormImpl::RMSNormImpl(int64_t dim) : scale(std::sqrt(double(dim))) {
   g = register_parameter("g", torch::ones({1, dim, 1, 1}));
 }
 
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
-  return F::normalize(x, F::NormalizeFuncOptions().dim(1)) * g * scale;
+  if (torch::GradMode::is_enabled() &&
+      (x.requires_grad() || g.requires_grad())) {
+    return RMSNormFunction::apply(x, g, scale);
+  }
+  auto denom = x.norm(2, {1}, /*keepdim=*/true).clamp_min(kNormEps);
+  return x / denom * g * scale;
 }
 
 // ~~~ Time embeddings ~~~

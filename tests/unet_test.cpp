@@ -105,6 +105,53 @@ TEST_F(UnetTest, ChannelsLastGivesSameOutput) {
   EXPECT_TRUE(model->named_parameters()["init_conv.weight"].is_contiguous());
 }
 
+// RMSNorm's hand-written backward against autograd through the composite
+// expression of Python's RMSNorm, in double precision. One pixel is zero,
+// so its norm sits on F.normalize's floor.
+TEST_F(UnetTest, RMSNormGradientsMatchCompositeExpression) {
+  for (auto format : {torch::MemoryFormat::Contiguous,
+                      torch::MemoryFormat::ChannelsLast}) {
+    SCOPED_TRACE(format == torch::MemoryFormat::Contiguous ? "contiguous"
+                                                           : "channels-last");
+    RMSNorm norm(6);
+    norm->to(torch::kDouble);
+    {
+      torch::NoGradGuard no_grad;
+      norm->g.copy_(torch::randn({1, 6, 1, 1}, torch::kDouble));
+    }
+    auto input = torch::randn({3, 6, 4, 5}, torch::kDouble);
+    input.index_put_({1, torch::indexing::Slice(), 2, 3}, 0.0);
+    input = input.contiguous(format);
+    const auto upstream =
+        torch::randn({3, 6, 4, 5}, torch::kDouble).contiguous(format);
+
+    auto x = input.clone().set_requires_grad(true);
+    const auto actual = norm(x);
+    actual.backward(upstream);
+    const auto actual_grad_g = norm->g.grad().clone();
+    norm->g.mutable_grad() = torch::Tensor();
+
+    auto x_ref = input.clone().set_requires_grad(true);
+    namespace F = torch::nn::functional;
+    const auto expected =
+        F::normalize(x_ref, F::NormalizeFuncOptions().dim(1)) * norm->g *
+        norm->scale;
+    expected.backward(upstream);
+
+    EXPECT_TRUE(torch::allclose(actual, expected, 1e-12, 1e-12));
+    EXPECT_TRUE(torch::allclose(x.grad(), x_ref.grad(), 1e-10, 1e-12))
+        << "largest difference "
+        << (x.grad() - x_ref.grad()).abs().max().item<double>();
+    EXPECT_TRUE(torch::allclose(actual_grad_g, norm->g.grad(), 1e-10, 1e-12));
+    // The zero pixel's gradient is upstream * g * scale / eps.
+    const auto zero_pixel = x.grad().index({1, torch::indexing::Slice(), 2, 3});
+    const auto floor_grad =
+        (upstream.index({1, torch::indexing::Slice(), 2, 3}) *
+         norm->g.view({6}) * norm->scale / 1e-12);
+    EXPECT_TRUE(torch::allclose(zero_pixel, floor_grad, 1e-10));
+  }
+}
+
 TEST_F(UnetTest, RejectsInvalidOptions) {
   DDPM_EXPECT_THROW_WITH(Unet(UnetOptions(8).dim_mults({})),
                          "dim_mults must have at least one entry");
