@@ -109,13 +109,17 @@ TEST(KillTest, TenKillsLoseNoCheckpoint) {
   std::mt19937 random(7);
   std::uniform_int_distribution<int> delay_ms(1000, 2500);
   int kills_during_writes = 0;
-  for (int kill = 0; kill < 10; ++kill) {
+  // Ten kills, every other one aimed at a checkpoint write. A kill can land
+  // just after the rename it aimed at, so up to 20 more kills aimed at writes
+  // follow until 5 have landed during one.
+  for (int kill = 0; kill < 10 || (kills_during_writes < 5 && kill < 30);
+       ++kill) {
     auto arguments = train_arguments(data.path(), killed);
     if (!files_containing(killed, "model-").empty()) {
       arguments.insert(arguments.end(), {"--resume", "latest"});
     }
     const pid_t pid = start(arguments);
-    const bool during_write = kill % 2 == 1;
+    const bool during_write = kill % 2 == 1 || kill >= 10;
     const auto deadline =
         Clock::now() + std::chrono::milliseconds(delay_ms(random));
     if (during_write) {
