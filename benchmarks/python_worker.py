@@ -98,6 +98,22 @@ def make_sample(config, diffusion, device, precision, batch):
     return sample, batch
 
 
+def peak_rss_kib():
+    """Peak resident memory of this process in KiB.
+
+    VmHWM in /proc/self/status starts afresh at exec, while ru_maxrss also
+    counts the parent's resident memory at fork.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", choices=sorted(CONFIGS), required=True)
@@ -156,7 +172,7 @@ def main():
         prof.export_chrome_trace(args.profile)
 
     median = statistics.median(seconds)
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_kib = peak_rss_kib()
     print(json.dumps({
         "impl": "python-compile" if args.compile else "python",
         "config": args.config, "task": args.task,
