@@ -20,6 +20,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <memory>
 #include <string>
@@ -29,6 +30,7 @@
 #include <torch/csrc/autograd/profiler_kineto.h>
 #include <torch/torch.h>
 
+#include "ddpm/allocator.h"
 #include "ddpm/autocast.h"
 #include "ddpm/cuda_graph_sampler.h"
 #include "ddpm/io/image.h"
@@ -73,6 +75,8 @@ struct Flags {
   uint64_t seed = 0;
   std::string profile;
   bool channels_last = true;
+  bool fused_adam = true;
+  bool retain_freed_memory = true;
   std::string device = "cpu";
   std::string precision;  // fp32, bf16 or fp16; --amp means bf16
   int64_t sample_batch = 0;
@@ -98,10 +102,21 @@ double median(std::vector<double> values) {
   return n % 2 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
 }
 
+// Peak resident memory of this program. VmHWM in /proc/self/status starts
+// afresh at exec, while ru_maxrss also counts the parent's resident memory
+// at fork, which for a child of compare.py is the size of a Python process
+// with torch loaded.
 double peak_rss_mib() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) {
+      return std::stod(line.substr(6)) / 1024.0; // the value is in kB
+    }
+  }
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
-  return double(usage.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
+  return double(usage.ru_maxrss) / 1024.0; // ru_maxrss is in KiB on Linux
 }
 
 // Times `run` and prints the JSON line; `images` is images per call.
@@ -181,6 +196,7 @@ void bench_train(const Flags& f, const Config& c) {
             .device(torch::Device(f.device))
             .num_workers(0)
             .channels_last(f.channels_last)
+            .fused_adam(f.fused_adam)
             .results_folder((folder / "results").string())
             .save_and_sample_every(1 << 30)
             .write_metrics(false));
@@ -292,10 +308,19 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_flag("--channels-last,!--no-channels-last", f.channels_last,
                "Convolution weights in channels-last format (default: on)");
+  app.add_flag("--fused-adam,!--no-fused-adam", f.fused_adam,
+               "Train with the fused Adam kernel (default: on)");
+  app.add_flag("--retain-freed-memory,!--no-retain-freed-memory",
+               f.retain_freed_memory,
+               "Keep freed memory for reuse, as ddpm-train and ddpm-sample "
+               "do (default: on)");
   app.add_option("--profile", f.profile,
                  "Profile one more iteration and write a Chrome trace here");
   CLI11_PARSE(app, argc, argv);
 
+  if (f.retain_freed_memory) {
+    ddpm::retain_freed_memory();
+  }
   if (f.precision.empty()) {
     f.precision = f.amp ? "bf16" : "fp32";
   }

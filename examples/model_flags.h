@@ -172,6 +172,17 @@ inline void add_channels_last_flag(CLI::App& app, bool& channels_last,
       ->group(group);
 }
 
+// Adds --retain-freed-memory / --no-retain-freed-memory, shared by
+// ddpm-train and ddpm-sample.
+inline void add_retain_freed_memory_flag(CLI::App& app, bool& retain,
+                                         const std::string& group) {
+  app.add_flag("--retain-freed-memory,!--no-retain-freed-memory", retain,
+               "Keep memory freed by tensors for reuse instead of returning "
+               "it to the system: fewer page faults, more resident memory "
+               "(default: on)")
+      ->group(group);
+}
+
 inline std::string toml_value(bool value) { return value ? "true" : "false"; }
 
 inline std::string toml_value(const std::string& value) {

@@ -13,6 +13,7 @@
 #include <CLI/CLI.hpp>
 #include <torch/torch.h>
 
+#include "ddpm/allocator.h"
 #include "ddpm/cuda_graph_sampler.h"
 #include "ddpm/io/checkpoint.h"
 #include "ddpm/io/image.h"
@@ -34,6 +35,7 @@ struct SampleFlags {
   uint64_t seed = 0;
   std::string device = "cpu";
   bool channels_last = true;
+  bool retain_freed_memory = true;
   bool cuda_graphs = true;
   int64_t threads = 0;
   bool verbose = false;
@@ -148,6 +150,8 @@ int main(int argc, char** argv) {
                  "same images")
       ->capture_default_str()->group(group);
   ddpm::cli::add_channels_last_flag(app, flags.channels_last, group);
+  ddpm::cli::add_retain_freed_memory_flag(app, flags.retain_freed_memory,
+                                          group);
   app.add_flag("--cuda-graphs,!--no-cuda-graphs", flags.cuda_graphs,
                "On CUDA with the DDIM sampler, replay each denoising step "
                "from a captured CUDA Graph (default: on)")
@@ -163,6 +167,9 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   ddpm::cli::show_library_messages(flags.verbose);
+  if (flags.retain_freed_memory) {
+    ddpm::retain_freed_memory();
+  }
   try {
     if (flags.threads > 0) {
       torch::set_num_threads(int(flags.threads));

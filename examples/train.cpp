@@ -12,6 +12,7 @@
 #include <CLI/CLI.hpp>
 #include <torch/torch.h>
 
+#include "ddpm/allocator.h"
 #include "ddpm/io/checkpoint.h"
 #include "ddpm/trainer.h"
 #include "model_flags.h"
@@ -37,6 +38,8 @@ struct TrainFlags {
   std::string device = "cpu";
   bool cudnn_benchmark = false;
   bool channels_last = true;
+  bool retain_freed_memory = true;
+  bool fused_adam = true;
   int64_t num_workers = 2;
   int64_t max_image_pixels = ddpm::kDefaultMaxImagePixels;
   int64_t threads = 0;
@@ -104,6 +107,12 @@ void add_train_flags(CLI::App& app, TrainFlags& f) {
                "(CUDA only)")
       ->group(group);
   ddpm::cli::add_channels_last_flag(app, f.channels_last, group);
+  ddpm::cli::add_retain_freed_memory_flag(app, f.retain_freed_memory,
+                                          group);
+  app.add_flag("--fused-adam,!--no-fused-adam", f.fused_adam,
+               "Update the weights with ATen's fused Adam kernel "
+               "(default: on)")
+      ->group(group);
   app.add_option("--device", f.device, "Device, e.g. cpu or cuda:0")
       ->capture_default_str()->group(group);
   app.add_option("--num-workers", f.num_workers,
@@ -221,6 +230,9 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   ddpm::cli::show_library_messages(flags.verbose);
+  if (flags.retain_freed_memory) {
+    ddpm::retain_freed_memory();
+  }
   try {
     torch::manual_seed(flags.seed);
     if (flags.threads > 0) {
@@ -247,6 +259,7 @@ int main(int argc, char** argv) {
         .device(torch::Device(flags.device))
         .cudnn_benchmark(flags.cudnn_benchmark)
         .channels_last(flags.channels_last)
+        .fused_adam(flags.fused_adam)
         .num_workers(flags.num_workers)
         .max_image_pixels(flags.max_image_pixels)
         .seed(flags.seed)

@@ -16,6 +16,7 @@
 #include <torch/torch.h>
 
 #include "ddpm/autocast.h"
+#include "ddpm/fused_adam.h"
 #include "ddpm/io/image.h"
 #include "ddpm/log.h"
 
@@ -190,9 +191,14 @@ Trainer::Trainer(GaussianDiffusion diffusion, TrainerOptions options)
   ema_ = std::make_unique<EMA>(model_.ptr(), ema_model_.ptr(), ema_options);
 
   parameters_ = model_->parameters();
-  optimizer_ = std::make_unique<torch::optim::Adam>(
-      parameters_, torch::optim::AdamOptions(o.train_lr())
-                       .betas({beta1, beta2}));
+  const auto adam_options =
+      torch::optim::AdamOptions(o.train_lr()).betas({beta1, beta2});
+  if (o.fused_adam()) {
+    optimizer_ = std::make_unique<FusedAdam>(parameters_, adam_options);
+  } else {
+    optimizer_ = std::make_unique<torch::optim::Adam>(parameters_,
+                                                      adam_options);
+  }
 
   const bool on_cuda = o.device().is_cuda();
   if (on_cuda && o.cudnn_benchmark()) {
@@ -346,8 +352,10 @@ double Trainer::train_step(const torch::Tensor& batch) {
 double Trainer::run_step(
     const std::function<torch::Tensor(int64_t)>& micro_batch) {
   model_->train();
-  double total_loss = 0.0;
   const int64_t accumulate = options_.gradient_accumulate_every();
+  // Summed on the device and read once after the loop, so that on CUDA the
+  // host queues every micro-batch without waiting for the previous one.
+  torch::Tensor loss_sum;
 
   for (int64_t i = 0; i < accumulate; ++i) {
     auto data = micro_batch(i);
@@ -357,9 +365,11 @@ double Trainer::run_step(
                              autocast_dtype_);
       loss = model_(data) / double(accumulate);
     }
-    total_loss += loss.item<double>();
+    auto value = loss.detach().to(torch::kDouble);
+    loss_sum = loss_sum.defined() ? loss_sum + value : value;
     scaler_.scale(loss).backward();
   }
+  const double total_loss = loss_sum.item<double>();
 
   // Unscale before clipping, so the norm is that of the true gradients.
   scaler_.unscale_(parameters_);

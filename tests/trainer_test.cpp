@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "ddpm/fused_adam.h"
 #include "ddpm/io/image.h"
 #include "ddpm/log.h"
 #include "ddpm/trainer.h"
@@ -320,6 +321,34 @@ TEST_F(TrainerTest, TrainsOnGivenBatch) {
   DDPM_EXPECT_THROW_WITH(trainer.train_step(torch::rand({3, 1, 8, 8})),
                          "B divisible by gradient_accumulate_every = 2, got "
                          "[3, 1, 8, 8]");
+}
+
+// The fused Adam kernel and LibTorch's Adam give the same weights, here
+// with two micro-batches per step, whose losses are summed on the device.
+TEST_F(TrainerTest, FusedAdamMatchesPlainAdam) {
+  const auto batch = torch::rand({4, 1, 8, 8});
+  std::vector<std::vector<torch::Tensor>> weights;
+  std::vector<double> losses;
+  for (bool fused : {true, false}) {
+    torch::manual_seed(5);
+    Trainer trainer(small_diffusion(), small_options()
+                                           .gradient_accumulate_every(2)
+                                           .fused_adam(fused));
+    EXPECT_EQ(dynamic_cast<FusedAdam*>(&trainer.optimizer()) != nullptr,
+              fused);
+    for (int step = 0; step < 3; ++step) {
+      losses.push_back(trainer.train_step(batch));
+    }
+    weights.push_back(trainer.model()->parameters());
+  }
+  for (int step = 0; step < 3; ++step) {
+    EXPECT_NEAR(losses[step], losses[step + 3], 1e-5) << "step " << step;
+  }
+  for (size_t i = 0; i < weights[0].size(); ++i) {
+    EXPECT_LE((weights[0][i] - weights[1][i]).abs().max().item<double>(),
+              1e-5)
+        << "parameter " << i;
+  }
 }
 
 TEST_F(TrainerTest, RejectsNonSquareNumSamples) {

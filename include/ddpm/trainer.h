@@ -83,6 +83,10 @@ struct TrainerOptions {
   /// Let cuDNN time its convolution algorithms on the first batches and
   /// keep the fastest (torch.backends.cudnn.benchmark); CUDA only.
   TORCH_ARG(bool, cudnn_benchmark) = false;
+  /// Update all parameters with ATen's fused Adam kernel, as Python's
+  /// Adam(fused=True) does. The update is the same and faster. Off gives
+  /// LibTorch's torch::optim::Adam.
+  TORCH_ARG(bool, fused_adam) = true;
   /// Device to train on.
   TORCH_ARG(torch::Device, device) = torch::Device(torch::kCPU);
   /// Threads that decode and augment images (0: on the training thread).
