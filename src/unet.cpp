@@ -43,6 +43,28 @@ torch::nn::Conv2d conv2d(int64_t in, int64_t out, int64_t kernel,
                                .bias(bias));
 }
 
+// Splits the output of a to_qkv convolution, [B, 3 * heads * d, H, W], into
+// q, k and v views of shape [B, heads, d, H * W] without copying. unbind's
+// backward stacks the three gradients into one tensor in the memory format
+// of the input. chunk's backward would concatenate them in NCHW, which a
+// channels-last to_qkv convolution then has to convert.
+std::vector<torch::Tensor> split_qkv(const torch::Tensor& qkv,
+                                     int64_t heads) {
+  const int64_t b = qkv.size(0);
+  const int64_t n = qkv.size(2) * qkv.size(3);
+  if (qkv.is_contiguous(torch::MemoryFormat::ChannelsLast) &&
+      !qkv.is_contiguous()) {
+    // Memory is [B, H, W, 3, heads, d].
+    auto parts =
+        qkv.permute({0, 2, 3, 1}).reshape({b, n, 3, heads, -1}).unbind(2);
+    for (auto& part : parts) {
+      part = part.permute({0, 2, 3, 1}); // [B, n, heads, d] -> [B, heads, d, n]
+    }
+    return parts;
+  }
+  return qkv.reshape({b, 3, heads, -1, n}).unbind(1);
+}
+
 } // namespace
 
 // ~~~ RMSNorm ~~~
@@ -52,11 +74,10 @@ namespace {
 // F.normalize's floor on the norm.
 constexpr double kNormEps = 1e-12;
 
-// x / max(||x||_channels, eps) * g * scale, with the forward pass computed
-// op for op as the composite expression (so values match Python's), but a
-// backward pass that keeps only x and the per-pixel norm. The composite
-// graph also keeps the normalized tensor, one more activation of the size
-// of x for every norm in the Unet.
+// x / max(||x||_channels, eps) * (g * scale), Python's RMSNorm with g and
+// scale multiplied first, which saves a pass and changes values only by
+// rounding. The backward pass keeps only x and the per-pixel norm, where
+// autograd through the expression would also keep the normalized tensor.
 class RMSNormFunction : public torch::autograd::Function<RMSNormFunction> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx,
@@ -65,7 +86,7 @@ class RMSNormFunction : public torch::autograd::Function<RMSNormFunction> {
     auto denom = x.norm(2, {1}, /*keepdim=*/true).clamp_min(kNormEps);
     ctx->save_for_backward({x, g, denom});
     ctx->saved_data["scale"] = scale;
-    return x / denom * g * scale;
+    return x / denom * (g * scale);
   }
 
   static torch::autograd::tensor_list backward(
@@ -78,19 +99,25 @@ class RMSNormFunction : public torch::autograd::Function<RMSNormFunction> {
     const double scale = ctx->saved_data["scale"].toDouble();
     const auto& grad = grad_outputs[0];
 
-    auto normalized = x / denom;
+    // Under bf16 autocast x is bf16 and grad float32. One conversion here
+    // saves the implicit ones in each mixed-dtype operation below.
+    const auto normalized = (x / denom).to(grad.scalar_type());
+    const auto gain = g * scale;
+    // grad * normalized feeds both gradients: summed over pixels it is g's,
+    // and weighted by the gain and summed over channels it is the component
+    // of x's gradient along x.
+    const auto product = grad * normalized;
     torch::Tensor grad_g;
     if (ctx->needs_input_grad(1)) {
-      grad_g = (grad * normalized).sum({0, 2, 3}, /*keepdim=*/true) * scale;
+      grad_g = product.sum({0, 2, 3}, /*keepdim=*/true) * scale;
     }
     torch::Tensor grad_x;
     if (ctx->needs_input_grad(0)) {
       // d(x / n)/dx = (I - xn xn^T) / n where the norm is above the floor,
       // and I / eps where it is clamped.
-      auto upstream = grad * (g * scale);
-      auto along = (upstream * normalized).sum(1, /*keepdim=*/true) *
-                   (denom > kNormEps).to(upstream.scalar_type());
-      grad_x = (upstream - normalized * along) / denom;
+      auto along = (product * gain).sum(1, /*keepdim=*/true) *
+                   (denom > kNormEps).to(product.scalar_type());
+      grad_x = torch::addcmul(grad * gain, normalized, along, -1.0) / denom;
     }
     return {grad_x, grad_g, torch::Tensor()};
   }
@@ -108,7 +135,7 @@ torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
     return RMSNormFunction::apply(x, g, scale);
   }
   auto denom = x.norm(2, {1}, /*keepdim=*/true).clamp_min(kNormEps);
-  return x / denom * g * scale;
+  return x / denom * (g * scale);
 }
 
 // ~~~ Time embeddings ~~~
@@ -158,7 +185,7 @@ torch::Tensor BlockImpl::forward(const torch::Tensor& x,
                                  const torch::Tensor& shift) {
   auto h = norm(proj(x));
   if (scale.defined()) {
-    h = h * (scale + 1) + shift;
+    h = torch::addcmul(shift, h, scale + 1);
   }
   return dropout(act(h));
 }
@@ -232,13 +259,10 @@ LinearAttentionImpl::LinearAttentionImpl(int64_t dim, int64_t heads,
 
 torch::Tensor LinearAttentionImpl::forward(const torch::Tensor& x) {
   const int64_t b = x.size(0), h = x.size(2), w = x.size(3);
-  auto qkv = to_qkv(norm(x)).chunk(3, 1);
-  auto split_heads = [&](const torch::Tensor& t) {
-    return t.reshape({b, heads, -1, h * w}); // [B, heads, d, n]
-  };
-  auto q = split_heads(qkv[0]);
-  auto k = split_heads(qkv[1]);
-  auto v = split_heads(qkv[2]);
+  auto qkv = split_qkv(to_qkv(norm(x)), heads); // 3 x [B, heads, d, n]
+  auto q = qkv[0];
+  auto k = qkv[1];
+  auto v = qkv[2];
 
   auto mem_k = mem_kv[0].unsqueeze(0).expand({b, -1, -1, -1});
   auto mem_v = mem_kv[1].unsqueeze(0).expand({b, -1, -1, -1});
@@ -265,13 +289,10 @@ AttentionImpl::AttentionImpl(int64_t dim, int64_t heads, int64_t dim_head,
 
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x) {
   const int64_t b = x.size(0), h = x.size(2), w = x.size(3);
-  auto qkv = to_qkv(norm(x)).chunk(3, 1);
-  auto split_heads = [&](const torch::Tensor& t) {
-    return t.reshape({b, heads, -1, h * w}).transpose(-1, -2); // [B, h, n, d]
-  };
-  auto q = split_heads(qkv[0]);
-  auto k = split_heads(qkv[1]);
-  auto v = split_heads(qkv[2]);
+  auto qkv = split_qkv(to_qkv(norm(x)), heads);
+  auto q = qkv[0].transpose(-1, -2); // [B, heads, n, d]
+  auto k = qkv[1].transpose(-1, -2);
+  auto v = qkv[2].transpose(-1, -2);
 
   auto mem_k = mem_kv[0].unsqueeze(0).expand({b, -1, -1, -1});
   auto mem_v = mem_kv[1].unsqueeze(0).expand({b, -1, -1, -1});
