@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include "ddpm/cuda_graph_sampler.h"
+#include "ddpm/fused_adam.h"
 #include "ddpm/gaussian_diffusion.h"
 #include "ddpm/grad_scaler.h"
 #include "ddpm/io/image.h"
@@ -65,6 +66,39 @@ TEST_F(CudaTest, ChannelsLastMatchesCpu) {
   set_memory_format(*diffusion, torch::MemoryFormat::ChannelsLast);
   const auto actual = diffusion->model(x.cuda(), t.cuda()).cpu();
   EXPECT_LT((actual - expected).abs().max().item<double>(), 1e-3);
+}
+
+// The fused Adam kernel on CUDA against LibTorch's Adam on the CPU, on a
+// channels-last weight and a bias, over five steps with the same gradients.
+TEST_F(CudaTest, FusedAdamMatchesCpuAdam) {
+  auto weight = torch::randn({16, 8, 3, 3})
+                    .contiguous(torch::MemoryFormat::ChannelsLast);
+  auto bias = torch::randn({16});
+  std::vector<torch::Tensor> cpu_params{weight.clone(), bias.clone()};
+  std::vector<torch::Tensor> cuda_params{weight.cuda(), bias.cuda()};
+  for (auto& p : cpu_params) {
+    p.set_requires_grad(true);
+  }
+  for (auto& p : cuda_params) {
+    p.set_requires_grad(true);
+  }
+  const auto options = torch::optim::AdamOptions(1e-2).betas({0.9, 0.99});
+  torch::optim::Adam cpu_adam(cpu_params, options);
+  FusedAdam cuda_adam(cuda_params, options);
+  for (int step = 0; step < 5; ++step) {
+    for (size_t i = 0; i < cpu_params.size(); ++i) {
+      const auto grad = torch::randn_like(cpu_params[i]);
+      cpu_params[i].mutable_grad() = grad;
+      cuda_params[i].mutable_grad() = grad.cuda();
+    }
+    cpu_adam.step();
+    cuda_adam.step();
+  }
+  for (size_t i = 0; i < cpu_params.size(); ++i) {
+    EXPECT_LT((cuda_params[i].cpu() - cpu_params[i]).abs().max().item<double>(),
+              1e-5)
+        << "parameter " << i;
+  }
 }
 
 TEST_F(CudaTest, AmpTrainingStaysFinite) {
