@@ -9,10 +9,24 @@
 
 #include "ddpm/allocator.h"
 
+// Sanitizers replace malloc with their own, which ignores mallopt.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define DDPM_MALLOC_REPLACED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) || \
+    __has_feature(memory_sanitizer)
+#define DDPM_MALLOC_REPLACED 1
+#endif
+#endif
+
 namespace ddpm {
 namespace {
 
-#if defined(__GLIBC__)
+#if defined(DDPM_MALLOC_REPLACED)
+TEST(AllocatorTest, RetainFreedMemoryFailsUnderSanitizer) {
+  EXPECT_FALSE(retain_freed_memory());
+}
+#elif defined(__GLIBC__)
 // A 20 MiB block, the size of a large activation: after
 // retain_freed_memory() it comes from the heap rather than a fresh mapping,
 // and freeing it leaves the heap at its size.

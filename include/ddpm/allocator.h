@@ -14,7 +14,7 @@ namespace ddpm {
 /// The setting is process-wide, so the library never calls this itself.
 /// ddpm-train and ddpm-sample call it unless given --no-retain-freed-memory.
 /// Call it before large allocations. Returns whether it took effect, which
-/// is false where the C library is not glibc.
+/// is false where the C library is not glibc or a sanitizer replaces malloc.
 bool retain_freed_memory();
 
 } // namespace ddpm
