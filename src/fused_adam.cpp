@@ -71,16 +71,19 @@ torch::Tensor FusedAdam::step(LossClosure closure) {
     at::AutoGradMode enable_grad(true);
     loss = closure();
   }
+  std::vector<std::vector<torch::Tensor>> group_params;
   for (const auto& group : param_groups_) {
-    auto params = params_with_grad(group);
+    group_params.push_back(params_with_grad(group));
+    const auto& params = group_params.back();
     if (!params.empty() && !fused_kernel_takes(params)) {
       torch::optim::Adam::step();
       return loss;
     }
   }
   torch::NoGradGuard no_grad;
-  for (const auto& group : param_groups_) {
-    auto params = params_with_grad(group);
+  for (size_t g = 0; g < param_groups_.size(); ++g) {
+    const auto& group = param_groups_[g];
+    const auto& params = group_params[g];
     if (params.empty()) {
       continue;
     }
