@@ -63,6 +63,14 @@ std::string error_message(const std::function<void()>& action) {
   return "(no error)";
 }
 
+// Writes `bytes` to the file `name` in `folder` and returns its path.
+std::string write_file(const ddpm::testing::TemporaryFolder& folder,
+                       const std::string& name, const std::string& bytes) {
+  const std::string path = (folder.path() / name).string();
+  std::ofstream(path, std::ios::binary) << bytes;
+  return path;
+}
+
 } // namespace
 
 TEST(ImageTest, DecodePngMatchesWrittenPixels) {
@@ -483,6 +491,92 @@ TEST(ImageTest, DecodeRejectsOversizedHuffmanTable) {
       "/tests/fuzz/regressions/image_folder/jpeg-huffman-overflow.jpg";
   DDPM_EXPECT_THROW_WITH(ddpm::decode_image(path, 3),
                          "corrupt JPEG, a Huffman table declares");
+}
+
+// An input found by the fuzzer: a P5 header whose width has 72 digits, on
+// which stb_image 2.27 overflows an int.
+TEST(ImageTest, DecodeRejectsPnmHeaderFieldBeyondInt) {
+  const std::string path = std::string(DDPM_SOURCE_DIR) +
+      "/tests/fuzz/regressions/image_folder/pnm-header-overflow.pgm";
+  DDPM_EXPECT_THROW_WITH(
+      ddpm::decode_image(path, 3),
+      "corrupt PNM header, its width field (starting 5555555555) is larger "
+      "than 2147483647");
+}
+
+// The largest int passes the header check and then fails max_image_pixels.
+// One more fails the header check, here in the height field after a comment.
+TEST(ImageTest, DecodeChecksEachPnmHeaderField) {
+  ddpm::testing::TemporaryFolder folder;
+  const std::string largest =
+      write_file(folder, "largest.ppm", "P6 2147483647 1 255\n\x01\x02\x03");
+  const std::string beyond = write_file(
+      folder, "beyond.ppm", "P6 1\n# height next\n2147483648 255\n\x01\x02");
+  const std::string maximum =
+      write_file(folder, "maximum.pgm", "P5 1 1 99999999999\n\x01");
+  const std::string valid =
+      write_file(folder, "valid.pgm", "P5\n# one pixel\n1 1 255\n\x80");
+
+  DDPM_EXPECT_THROW_WITH(ddpm::decode_image(largest, 3),
+                         "more than max_image_pixels");
+  DDPM_EXPECT_THROW_WITH(
+      ddpm::decode_image(beyond, 3),
+      "its height field (starting 2147483648) is larger than 2147483647");
+  DDPM_EXPECT_THROW_WITH(ddpm::decode_image(maximum, 1),
+                         "its maximum value field (starting 9999999999)");
+  const ddpm::Image image = ddpm::decode_image(valid, 1);
+  EXPECT_EQ(image.pixels, std::vector<uint8_t>{0x80});
+}
+
+// 16-bit PNM files go through this library's channel conversion, because
+// stb_image 2.27 overruns its buffers converting them (an input found by the
+// fuzzer). Samples are big-endian; the top byte is kept.
+TEST(ImageTest, DecodesSixteenBitPnmToEveryChannelCount) {
+  ddpm::testing::TemporaryFolder folder;
+  // Two gray pixels, 0x1234 and 0xff00.
+  const std::string gray = write_file(
+      folder, "gray.pgm", std::string("P5 2 1 65535\n\x12\x34\xff\x00", 17));
+  // One RGB pixel, r = 0x8000, g = 0x4000, b = 0xffff.
+  const std::string rgb = write_file(
+      folder, "rgb.ppm",
+      std::string("P6 1 1 1000\n\x80\x00\x40\x00\xff\xff", 18));
+
+  EXPECT_EQ(ddpm::decode_image(gray, 1).pixels,
+            (std::vector<uint8_t>{0x12, 0xff}));
+  EXPECT_EQ(ddpm::decode_image(gray, 2).pixels,
+            (std::vector<uint8_t>{0x12, 0xff, 0xff, 0xff}));
+  EXPECT_EQ(ddpm::decode_image(gray, 3).pixels,
+            (std::vector<uint8_t>{0x12, 0x12, 0x12, 0xff, 0xff, 0xff}));
+  EXPECT_EQ(ddpm::decode_image(gray, 4).pixels,
+            (std::vector<uint8_t>{0x12, 0x12, 0x12, 0xff, 0xff, 0xff, 0xff,
+                                  0xff}));
+  // (77 * 0x8000 + 150 * 0x4000 + 29 * 0xffff) >> 8 = 0x68ff.
+  EXPECT_EQ(ddpm::decode_image(rgb, 1).pixels, (std::vector<uint8_t>{0x68}));
+  EXPECT_EQ(ddpm::decode_image(rgb, 2).pixels,
+            (std::vector<uint8_t>{0x68, 0xff}));
+  EXPECT_EQ(ddpm::decode_image(rgb, 3).pixels,
+            (std::vector<uint8_t>{0x80, 0x40, 0xff}));
+  EXPECT_EQ(ddpm::decode_image(rgb, 4).pixels,
+            (std::vector<uint8_t>{0x80, 0x40, 0xff, 0xff}));
+}
+
+TEST(ImageTest, DecodeRejectsTruncatedOrEmptyPnm) {
+  ddpm::testing::TemporaryFolder folder;
+  const std::string short_8_bit =
+      write_file(folder, "short.ppm", "P6 2 2 255\nabcdefghijk");
+  const std::string short_16_bit =
+      write_file(folder, "short16.pgm", "P5 2 1 300\nabc");
+  const std::string zero_width =
+      write_file(folder, "zero.pgm", "P5 0 4 255\n");
+
+  DDPM_EXPECT_THROW_WITH(ddpm::decode_image(short_8_bit, 3),
+                         "truncated PNM file, its header declares 2x2 pixels "
+                         "(12 bytes) but 11 bytes follow it");
+  DDPM_EXPECT_THROW_WITH(ddpm::decode_image(short_16_bit, 3),
+                         "(4 bytes) but 3 bytes follow it");
+  DDPM_EXPECT_THROW_WITH(ddpm::decode_image(zero_width, 1),
+                         "corrupt PNM header, it declares 0x4 pixels; both "
+                         "sides must be at least 1");
 }
 
 // Every input that once made the image fuzz target fail must now decode or

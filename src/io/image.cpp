@@ -249,6 +249,82 @@ void check_jpeg_huffman_tables(const std::vector<uint8_t>& bytes,
   }
 }
 
+// Checks a binary PNM header (P5 or P6) for three defects that stb_image
+// 2.27, the version Debian ships, lets through:
+// - a width, height or maximum value beyond INT_MAX, which stb accumulates
+//   in an int without a bound (undefined behaviour, found by
+//   tests/fuzz/image_folder_fuzz);
+// - a width or height of zero;
+// - fewer pixel bytes than the header declares, where stb returns the
+//   image with the missing pixels uninitialised.
+// The walk reads the header as stb does. Whitespace and '#' comments
+// separate the fields. A field ends at the first non-digit, or once the
+// last byte of the file has been read. The pixels start after the one
+// character that ends the maximum value.
+void check_pnm_header(const std::vector<uint8_t>& bytes,
+                      const std::string& path) {
+  if (bytes.size() < 2 || bytes[0] != 'P' ||
+      (bytes[1] != '5' && bytes[1] != '6')) {
+    return;
+  }
+  size_t next = 2;
+  const auto at_end = [&] { return next >= bytes.size(); };
+  const auto read = [&]() -> char {
+    return at_end() ? '\0' : static_cast<char>(bytes[next++]);
+  };
+  const auto is_space = [](char c) {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' ||
+           c == '\r';
+  };
+  char c = read();
+  const char* const names[] = {"width", "height", "maximum value"};
+  int64_t fields[3] = {};
+  for (int i = 0; i < 3; ++i) {
+    for (;;) {
+      while (!at_end() && is_space(c)) {
+        c = read();
+      }
+      if (at_end() || c != '#') {
+        break;
+      }
+      while (!at_end() && c != '\n' && c != '\r') {
+        c = read();
+      }
+    }
+    std::string digits;
+    while (!at_end() && c >= '0' && c <= '9') {
+      digits += c;
+      fields[i] = fields[i] * 10 + (c - '0');
+      TORCH_CHECK(fields[i] <= INT_MAX, "failed to decode ",
+                  std::quoted(path), ": corrupt PNM header, its ", names[i],
+                  " field (starting ", digits, ") is larger than ", INT_MAX);
+      c = read();
+    }
+  }
+  const auto [width, height, maximum] = fields;
+  if (maximum > 65535) {
+    return; // stb rejects this with its own message
+  }
+  TORCH_CHECK(width >= 1 && height >= 1, "failed to decode ",
+              std::quoted(path), ": corrupt PNM header, it declares ", width,
+              "x", height, " pixels; both sides must be at least 1");
+  // stb (or max_image_pixels) rejects a larger side before reading any
+  // pixel. Below this bound the product fits in 64 bits.
+  constexpr int64_t kLargestSide = int64_t{1} << 24;
+  if (width > kLargestSide || height > kLargestSide) {
+    return;
+  }
+  const int64_t samples_per_pixel = bytes[1] == '6' ? 3 : 1;
+  const int64_t bytes_per_sample = maximum > 255 ? 2 : 1;
+  const uint64_t expected =
+      uint64_t(width * height * samples_per_pixel * bytes_per_sample);
+  const uint64_t present = bytes.size() - next;
+  TORCH_CHECK(present >= expected, "failed to decode ", std::quoted(path),
+              ": truncated PNM file, its header declares ", width, "x",
+              height, " pixels (", expected, " bytes) but ", present,
+              " bytes follow it");
+}
+
 // Returns the first bytes of `bytes` in hexadecimal, e.g. "6e 6f 74 20".
 std::string leading_bytes_hex(const std::vector<uint8_t>& bytes) {
   constexpr size_t kShown = 8;
@@ -341,6 +417,60 @@ void write_png_pixels(const std::string& path, const uint8_t* pixels,
   write_file_atomically(path, encoded);
 }
 
+// Decodes a 16-bit PNM to `channels` channels of 8 bits. stb_image 2.27
+// converts the channels of such a file with its 8-bit routine, which reads
+// and writes past its buffers (found by tests/fuzz/image_folder_fuzz). It
+// also takes the samples in the machine's byte order, but PNM stores the
+// most significant byte first. So stb only reads the file's own samples
+// here, and the conversion follows stb's rules on 16-bit samples: gray is
+// repeated, gray from RGB is (77 r + 150 g + 29 b) / 256, an added alpha is
+// opaque, and the top 8 bits of each sample are kept.
+Image decode_16_bit_pnm(const std::vector<uint8_t>& bytes,
+                        const std::string& path, int64_t channels) {
+  int width = 0;
+  int height = 0;
+  int channels_in_file = 0;
+  std::unique_ptr<stbi_us, void (*)(void*)> data(
+      stbi_load_16_from_memory(bytes.data(), static_cast<int>(bytes.size()),
+                               &width, &height, &channels_in_file,
+                               /*desired_channels=*/0),
+      &stbi_image_free);
+  TORCH_CHECK(data != nullptr, "failed to decode ", std::quoted(path), ": ",
+              decode_failure_reason(bytes, /*header_parsed=*/true));
+  TORCH_CHECK(channels_in_file == 1 || channels_in_file == 3,
+              "failed to decode ", std::quoted(path), ": a PNM file has 1 or "
+              "3 channels, stb_image returned ", channels_in_file);
+
+  const int64_t pixels = int64_t{height} * width;
+  Image image{height, width, channels, {}};
+  image.pixels.resize(size_t(pixels * channels));
+  const bool has_alpha = channels == 2 || channels == 4;
+  const int64_t colours = has_alpha ? channels - 1 : channels;
+  // stb copies the file's bytes unchanged, so each sample is read here as
+  // two big-endian bytes.
+  const auto* samples = reinterpret_cast<const uint8_t*>(data.get());
+  const auto sample = [samples](int64_t index) {
+    return (int{samples[2 * index]} << 8) | samples[2 * index + 1];
+  };
+  for (int64_t i = 0; i < pixels; ++i) {
+    const int64_t first = i * channels_in_file;
+    uint8_t* out = image.pixels.data() + i * channels;
+    for (int64_t k = 0; k < colours; ++k) {
+      int value = sample(first);
+      if (channels_in_file == 3) {
+        value = colours == 3 ? sample(first + k)
+                             : (sample(first) * 77 + sample(first + 1) * 150 +
+                                sample(first + 2) * 29) >> 8;
+      }
+      out[k] = uint8_t(value >> 8);
+    }
+    if (has_alpha) {
+      out[colours] = 0xff;
+    }
+  }
+  return image;
+}
+
 } // namespace
 
 Image decode_image(const std::string& path, int64_t channels,
@@ -355,8 +485,10 @@ Image decode_image(const std::string& path, int64_t channels,
               std::quoted(path), ": the file has ", bytes.size(),
               " bytes, more than the decoder accepts (", INT_MAX, ")");
 
-  // Before any stb call, because stbi_info also builds Huffman tables.
+  // Before any stb call: stbi_info already builds Huffman tables and
+  // parses PNM headers.
   check_jpeg_huffman_tables(bytes, path);
+  check_pnm_header(bytes, path);
   const std::string format = format_from_signature(bytes);
 
   int width = 0;
@@ -378,6 +510,12 @@ Image decode_image(const std::string& path, int64_t channels,
                 std::quoted(path), ": its header declares ", declared_width,
                 "x", declared_height, " = ", pixels,
                 " pixels, more than max_image_pixels = ", max_pixels);
+  }
+
+  if (format == "PNM" && header_parsed &&
+      stbi_is_16_bit_from_memory(bytes.data(),
+                                 static_cast<int>(bytes.size())) != 0) {
+    return decode_16_bit_pnm(bytes, path, channels);
   }
 
   // stb converts to the requested channel count (gray = weighted RGB sum,
