@@ -4,8 +4,10 @@
 # test there, including a short run of each fuzz target.
 #
 #   scripts/sanitize.sh              build-sanitize/, then ctest
-#   DDPM_FUZZ_SECONDS=1800 scripts/sanitize.sh -L fuzz
-#                                    long fuzz runs only
+#   DDPM_FUZZ_SECONDS=1800 DDPM_FUZZ_SEED=0 scripts/sanitize.sh -L fuzz
+#                                    long fuzz runs only, each from a new
+#                                    seed (the default seed, 1, repeats
+#                                    the same inputs in every run)
 #
 # Arguments go to ctest. LibTorch itself is not instrumented; its one known
 # leak is suppressed by tests/lsan.supp.
@@ -30,6 +32,7 @@ cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
   -DDDPM_SANITIZE=ON -DDDPM_FUZZ=ON \
   "-DDDPM_FUZZ_SECONDS=${DDPM_FUZZ_SECONDS:-20}" \
+  "-DDDPM_FUZZ_SEED=${DDPM_FUZZ_SEED:-1}" \
   "-DCMAKE_PREFIX_PATH=$prefix" -Wno-dev
 cmake --build "$BUILD_DIR" -j "$(nproc)"
 

@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <random>
 #include <string>
 #include <vector>
@@ -577,6 +578,48 @@ TEST(ImageTest, DecodeRejectsTruncatedOrEmptyPnm) {
   DDPM_EXPECT_THROW_WITH(ddpm::decode_image(zero_width, 1),
                          "corrupt PNM header, it declares 0x4 pixels; both "
                          "sides must be at least 1");
+}
+
+// An input found by the fuzzer: a progressive JPEG whose scans use a
+// quantization table and an AC Huffman table that no segment defines, which
+// stb_image 2.27 reads uninitialised. The quantization table is found first.
+TEST(ImageTest, DecodeRejectsUndefinedJpegHuffmanTable) {
+  const std::string path = std::string(DDPM_SOURCE_DIR) +
+      "/tests/fuzz/regressions/image_folder/jpeg-undefined-huffman-table.jpg";
+  DDPM_EXPECT_THROW_WITH(ddpm::decode_image(path, 3),
+                         "corrupt JPEG, a scan uses quantization table 1, "
+                         "which no DQT segment before it defines");
+}
+
+// The seed JPEG with one table id changed at a time, so that a table its
+// scan uses is no longer defined. The offsets are those of the table id
+// bytes in tests/fuzz/corpus/image_folder/rgb.jpg.
+TEST(ImageTest, DecodeRejectsEachUndefinedJpegTable) {
+  const std::string seed = std::string(DDPM_SOURCE_DIR) +
+                           "/tests/fuzz/corpus/image_folder/rgb.jpg";
+  std::ifstream in(seed, std::ios::binary);
+  const std::string original((std::istreambuf_iterator<char>(in)),
+                             std::istreambuf_iterator<char>());
+  ASSERT_EQ(original.size(), 719u);
+  ASSERT_EQ(ddpm::decode_image(seed, 3).pixels.size(), 6u * 5u * 3u);
+
+  struct Case {
+    size_t offset;
+    char id;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {93, 0x00, "a scan uses quantization table 1, which no DQT segment"},
+      {397, 0x00, "a scan uses DC Huffman table 1, which no DHT segment"},
+      {430, 0x10, "a scan uses AC Huffman table 1, which no DHT segment"},
+  };
+  ddpm::testing::TemporaryFolder folder;
+  for (const Case& c : cases) {
+    std::string bytes = original;
+    bytes[c.offset] = c.id;
+    const std::string path = write_file(folder, "table.jpg", bytes);
+    DDPM_EXPECT_THROW_WITH(ddpm::decode_image(path, 3), c.message);
+  }
 }
 
 // Every input that once made the image fuzz target fail must now decode or

@@ -187,13 +187,17 @@ std::optional<std::pair<int64_t, int64_t>> declared_png_or_jpeg_size(
   return std::nullopt;
 }
 
-// Checks that no Huffman table (DHT segment) of a JPEG declares more than
-// 256 codes. stb_image 2.27, the version Debian ships, does not check this
-// and writes past its 257-entry code-length array on such a file (found by
-// tests/fuzz/image_folder_fuzz); stb 2.28 added the check. The walk skips
-// entropy-coded data between scans up to the next marker.
-void check_jpeg_huffman_tables(const std::vector<uint8_t>& bytes,
-                               const std::string& path) {
+// Checks the tables of a JPEG for two defects that stb_image 2.27, the
+// version Debian ships, does not catch, both found by
+// tests/fuzz/image_folder_fuzz:
+// - a Huffman table (DHT segment) that declares more than 256 codes, on
+//   which stb writes past its 257-entry code-length array;
+// - a scan that uses a Huffman or quantization table that no earlier DHT or
+//   DQT segment defines. stb does not initialise its tables, so it decodes
+//   with whatever memory held and can index far outside its arrays.
+// The walk skips entropy-coded data between scans up to the next marker.
+void check_jpeg_tables(const std::vector<uint8_t>& bytes,
+                       const std::string& path) {
   // stb takes any run of 0xff fill bytes before the start-of-image marker
   // 0xd8 as a JPEG too.
   size_t offset = 0;
@@ -204,6 +208,16 @@ void check_jpeg_huffman_tables(const std::vector<uint8_t>& bytes,
     return;
   }
   ++offset;
+  const auto byte_at = [&bytes](size_t index) -> size_t {
+    return index < bytes.size() ? bytes[index] : 0;
+  };
+  // Tables defined so far: Huffman by class (0 DC, 1 AC) and id, and
+  // quantization by id. stb rejects ids above 3 itself.
+  bool huffman_defined[2][4] = {};
+  bool quantization_defined[4] = {};
+  // The frame header's component ids and their quantization tables.
+  std::vector<std::pair<size_t, size_t>> components;
+  bool progressive = false;
   while (offset + 4 <= bytes.size()) {
     if (bytes[offset] != 0xff) {
       ++offset; // entropy-coded data
@@ -221,6 +235,67 @@ void check_jpeg_huffman_tables(const std::vector<uint8_t>& bytes,
       return; // end of image
     }
     const size_t length = read_big_endian(bytes, offset + 2, 2);
+    const size_t body = offset + 4;
+    if (marker == 0xdb) {
+      // Each quantization table is a precision and id byte and 64 values
+      // of 8 or 16 bits.
+      int64_t remaining = int64_t(length) - 2;
+      size_t table = body;
+      while (remaining > 0 && table < bytes.size()) {
+        const size_t precision = byte_at(table) >> 4;
+        const size_t id = byte_at(table) & 15;
+        if (id < 4) {
+          quantization_defined[id] = true;
+        }
+        const size_t size = precision == 0 ? 65 : 129;
+        table += size;
+        remaining -= int64_t(size);
+      }
+    } else if (marker >= 0xc0 && marker <= 0xc2) {
+      // Frame header: precision, height, width, component count, then an
+      // id, sampling factors and quantization table id per component.
+      progressive = marker == 0xc2;
+      components.clear();
+      const size_t count = byte_at(body + 5);
+      for (size_t i = 0; i < count; ++i) {
+        components.emplace_back(byte_at(body + 6 + 3 * i),
+                                byte_at(body + 8 + 3 * i));
+      }
+    } else if (marker == 0xda) {
+      // Scan header: component count, a component id and table ids (DC in
+      // the high half, AC in the low half) per component, then the
+      // spectral selection start and the successive approximation byte.
+      const size_t count = byte_at(body);
+      const size_t spectral_start = byte_at(body + 1 + 2 * count);
+      const size_t approximation_high = byte_at(body + 3 + 2 * count) >> 4;
+      // Which tables stb decodes this scan with.
+      const bool uses_dc = !progressive ||
+                           (spectral_start == 0 && approximation_high == 0);
+      const bool uses_ac = !progressive || spectral_start != 0;
+      for (size_t i = 0; i < count; ++i) {
+        const size_t id = byte_at(body + 1 + 2 * i);
+        const size_t dc_table = byte_at(body + 2 + 2 * i) >> 4;
+        const size_t ac_table = byte_at(body + 2 + 2 * i) & 15;
+        const auto component =
+            std::find_if(components.begin(), components.end(),
+                         [id](const auto& entry) { return entry.first == id; });
+        if (component != components.end() && component->second < 4) {
+          TORCH_CHECK(quantization_defined[component->second],
+                      "failed to decode ", std::quoted(path),
+                      ": corrupt JPEG, a scan uses quantization table ",
+                      component->second,
+                      ", which no DQT segment before it defines");
+        }
+        TORCH_CHECK(!uses_dc || dc_table > 3 || huffman_defined[0][dc_table],
+                    "failed to decode ", std::quoted(path),
+                    ": corrupt JPEG, a scan uses DC Huffman table ", dc_table,
+                    ", which no DHT segment before it defines");
+        TORCH_CHECK(!uses_ac || ac_table > 3 || huffman_defined[1][ac_table],
+                    "failed to decode ", std::quoted(path),
+                    ": corrupt JPEG, a scan uses AC Huffman table ", ac_table,
+                    ", which no DHT segment before it defines");
+      }
+    }
     if (marker != 0xc4) {
       offset += 2 + length;
       continue;
@@ -229,11 +304,8 @@ void check_jpeg_huffman_tables(const std::vector<uint8_t>& bytes,
     // follows, even past the segment's end, with bytes past the end of the
     // file as zeros. Each table is a class and id byte, 16 code counts and
     // the codes; stb goes on at the end of the last table.
-    auto byte_at = [&bytes](size_t index) -> size_t {
-      return index < bytes.size() ? bytes[index] : 0;
-    };
     int64_t remaining = int64_t(length) - 2;
-    size_t table = offset + 4;
+    size_t table = body;
     while (remaining > 0 && table < bytes.size()) {
       size_t codes = 0;
       for (size_t i = 1; i <= 16; ++i) {
@@ -242,6 +314,11 @@ void check_jpeg_huffman_tables(const std::vector<uint8_t>& bytes,
       TORCH_CHECK(codes <= 256, "failed to decode ", std::quoted(path),
                   ": corrupt JPEG, a Huffman table declares ", codes,
                   " codes, more than 256");
+      const size_t table_class = byte_at(table) >> 4;
+      const size_t id = byte_at(table) & 15;
+      if (table_class < 2 && id < 4) {
+        huffman_defined[table_class][id] = true;
+      }
       table += 17 + codes;
       remaining -= int64_t(17 + codes);
     }
@@ -421,10 +498,10 @@ void write_png_pixels(const std::string& path, const uint8_t* pixels,
 // converts the channels of such a file with its 8-bit routine, which reads
 // and writes past its buffers (found by tests/fuzz/image_folder_fuzz). It
 // also takes the samples in the machine's byte order, but PNM stores the
-// most significant byte first. So stb only reads the file's own samples
-// here, and the conversion follows stb's rules on 16-bit samples: gray is
-// repeated, gray from RGB is (77 r + 150 g + 29 b) / 256, an added alpha is
-// opaque, and the top 8 bits of each sample are kept.
+// most significant byte first. So here stb only reads the file's own
+// samples, and this function converts them by stb's rules for 16-bit
+// samples. Gray is repeated, gray from RGB is (77 r + 150 g + 29 b) / 256,
+// and an added alpha is opaque. The top 8 bits of each sample are kept.
 Image decode_16_bit_pnm(const std::vector<uint8_t>& bytes,
                         const std::string& path, int64_t channels) {
   int width = 0;
@@ -487,7 +564,7 @@ Image decode_image(const std::string& path, int64_t channels,
 
   // Before any stb call: stbi_info already builds Huffman tables and
   // parses PNM headers.
-  check_jpeg_huffman_tables(bytes, path);
+  check_jpeg_tables(bytes, path);
   check_pnm_header(bytes, path);
   const std::string format = format_from_signature(bytes);
 
