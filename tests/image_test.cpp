@@ -561,7 +561,7 @@ TEST(ImageTest, DecodesSixteenBitPnmToEveryChannelCount) {
             (std::vector<uint8_t>{0x80, 0x40, 0xff, 0xff}));
 }
 
-TEST(ImageTest, DecodeRejectsTruncatedOrEmptyPnm) {
+TEST(ImageTest, DecodeRejectsTruncatedOrZeroSizePnm) {
   ddpm::testing::TemporaryFolder folder;
   const std::string short_8_bit =
       write_file(folder, "short.ppm", "P6 2 2 255\nabcdefghijk");
@@ -583,7 +583,7 @@ TEST(ImageTest, DecodeRejectsTruncatedOrEmptyPnm) {
 // An input found by the fuzzer: a progressive JPEG whose scans use a
 // quantization table and an AC Huffman table that no segment defines, which
 // stb_image 2.27 reads uninitialised. The quantization table is found first.
-TEST(ImageTest, DecodeRejectsUndefinedJpegHuffmanTable) {
+TEST(ImageTest, DecodeRejectsJpegWithUndefinedTables) {
   const std::string path = std::string(DDPM_SOURCE_DIR) +
       "/tests/fuzz/regressions/image_folder/jpeg-undefined-huffman-table.jpg";
   DDPM_EXPECT_THROW_WITH(ddpm::decode_image(path, 3),

@@ -41,18 +41,28 @@ void set_gradients(const std::vector<torch::Tensor>& params, int step) {
   }
 }
 
+// Runs steps first_step, ..., first_step + count - 1 of both optimizers,
+// each on its own parameters with the same gradients.
+void step_both(torch::optim::Optimizer& fused,
+               const std::vector<torch::Tensor>& fused_params,
+               torch::optim::Optimizer& plain,
+               const std::vector<torch::Tensor>& plain_params, int first_step,
+               int count) {
+  for (int step = first_step; step < first_step + count; ++step) {
+    set_gradients(fused_params, step);
+    set_gradients(plain_params, step);
+    fused.step();
+    plain.step();
+  }
+}
+
 void expect_same_trajectory(torch::optim::AdamOptions options,
                             torch::ScalarType dtype, double tolerance) {
   auto fused_params = make_parameters(dtype);
   auto plain_params = clone_parameters(fused_params);
   FusedAdam fused(fused_params, options);
   torch::optim::Adam plain(plain_params, options);
-  for (int step = 0; step < 6; ++step) {
-    set_gradients(fused_params, step);
-    set_gradients(plain_params, step);
-    fused.step();
-    plain.step();
-  }
+  step_both(fused, fused_params, plain, plain_params, 0, 6);
   for (size_t i = 0; i < fused_params.size(); ++i) {
     SCOPED_TRACE("parameter " + std::to_string(i));
     EXPECT_TRUE(
@@ -130,12 +140,7 @@ TEST(FusedAdamTest, FallsBackForMixedDtypes) {
   auto plain_params = clone_parameters(fused_params);
   FusedAdam fused(fused_params, torch::optim::AdamOptions(1e-2));
   torch::optim::Adam plain(plain_params, torch::optim::AdamOptions(1e-2));
-  for (int step = 0; step < 3; ++step) {
-    set_gradients(fused_params, step);
-    set_gradients(plain_params, step);
-    fused.step();
-    plain.step();
-  }
+  step_both(fused, fused_params, plain, plain_params, 0, 3);
   for (size_t i = 0; i < fused_params.size(); ++i) {
     EXPECT_TRUE(torch::equal(fused_params[i], plain_params[i]));
   }
@@ -156,10 +161,7 @@ TEST(FusedAdamTest, StateDictMovesToAndFromPlainAdam) {
   FusedAdam again(clone_parameters(fused_params),
                   torch::optim::AdamOptions(1e-2));
   load_adam_state_dict(again, adam_state_dict(plain));
-  set_gradients(fused_params, 3);
-  set_gradients(plain_params, 3);
-  fused.step();
-  plain.step();
+  step_both(fused, fused_params, plain, plain_params, 3, 1);
   for (size_t i = 0; i < fused_params.size(); ++i) {
     EXPECT_LE((fused_params[i] - plain_params[i]).abs().max().item<double>(),
               1e-6);

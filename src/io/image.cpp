@@ -276,9 +276,9 @@ void check_jpeg_tables(const std::vector<uint8_t>& bytes,
         const size_t id = byte_at(body + 1 + 2 * i);
         const size_t dc_table = byte_at(body + 2 + 2 * i) >> 4;
         const size_t ac_table = byte_at(body + 2 + 2 * i) & 15;
-        const auto component =
-            std::find_if(components.begin(), components.end(),
-                         [id](const auto& entry) { return entry.first == id; });
+        const auto component = std::find_if(
+            components.begin(), components.end(),
+            [id](const auto& entry) { return entry.first == id; });
         if (component != components.end() && component->second < 4) {
           TORCH_CHECK(quantization_defined[component->second],
                       "failed to decode ", std::quoted(path),
@@ -295,34 +295,33 @@ void check_jpeg_tables(const std::vector<uint8_t>& bytes,
                     ": corrupt JPEG, a scan uses AC Huffman table ", ac_table,
                     ", which no DHT segment before it defines");
       }
-    }
-    if (marker != 0xc4) {
-      offset += 2 + length;
+    } else if (marker == 0xc4) {
+      // Read the tables as stb does: while the segment length shows more
+      // follows, even past the segment's end, with bytes past the end of
+      // the file as zeros. Each table is a class and id byte, 16 code
+      // counts and the codes. stb goes on at the end of the last table.
+      int64_t remaining = int64_t(length) - 2;
+      size_t table = body;
+      while (remaining > 0 && table < bytes.size()) {
+        size_t codes = 0;
+        for (size_t i = 1; i <= 16; ++i) {
+          codes += byte_at(table + i);
+        }
+        TORCH_CHECK(codes <= 256, "failed to decode ", std::quoted(path),
+                    ": corrupt JPEG, a Huffman table declares ", codes,
+                    " codes, more than 256");
+        const size_t table_class = byte_at(table) >> 4;
+        const size_t id = byte_at(table) & 15;
+        if (table_class < 2 && id < 4) {
+          huffman_defined[table_class][id] = true;
+        }
+        table += 17 + codes;
+        remaining -= int64_t(17 + codes);
+      }
+      offset = std::max(table, body);
       continue;
     }
-    // Read the tables as stb does: while the segment length shows more
-    // follows, even past the segment's end, with bytes past the end of the
-    // file as zeros. Each table is a class and id byte, 16 code counts and
-    // the codes; stb goes on at the end of the last table.
-    int64_t remaining = int64_t(length) - 2;
-    size_t table = body;
-    while (remaining > 0 && table < bytes.size()) {
-      size_t codes = 0;
-      for (size_t i = 1; i <= 16; ++i) {
-        codes += byte_at(table + i);
-      }
-      TORCH_CHECK(codes <= 256, "failed to decode ", std::quoted(path),
-                  ": corrupt JPEG, a Huffman table declares ", codes,
-                  " codes, more than 256");
-      const size_t table_class = byte_at(table) >> 4;
-      const size_t id = byte_at(table) & 15;
-      if (table_class < 2 && id < 4) {
-        huffman_defined[table_class][id] = true;
-      }
-      table += 17 + codes;
-      remaining -= int64_t(17 + codes);
-    }
-    offset = std::max(table, offset + 4);
+    offset += 2 + length;
   }
 }
 
@@ -533,11 +532,14 @@ Image decode_16_bit_pnm(const std::vector<uint8_t>& bytes,
     const int64_t first = i * channels_in_file;
     uint8_t* out = image.pixels.data() + i * channels;
     for (int64_t k = 0; k < colours; ++k) {
-      int value = sample(first);
-      if (channels_in_file == 3) {
-        value = colours == 3 ? sample(first + k)
-                             : (sample(first) * 77 + sample(first + 1) * 150 +
-                                sample(first + 2) * 29) >> 8;
+      int value = 0;
+      if (channels_in_file == 1) {
+        value = sample(first);
+      } else if (colours == 3) {
+        value = sample(first + k);
+      } else {
+        value = (77 * sample(first) + 150 * sample(first + 1) +
+                 29 * sample(first + 2)) >> 8;
       }
       out[k] = uint8_t(value >> 8);
     }
